@@ -1,0 +1,1 @@
+"""Ingestion: the gateway that accepts play events and the Pub/Sub plumbing behind it."""

@@ -1,0 +1,1 @@
+"""Avro schemas of playledger's events and the one codec every part uses."""
