@@ -1,0 +1,398 @@
+"""The royalty transforms both pipelines are built from.
+
+Each step is a small DoFn wrapped in a named composite; every fallible step has a
+dead-letter output and a counter per branch, so reconciliation can balance them::
+
+    messages ─ DecodePlayMessages ─┬─ events ─ DedupByEventId ─┬─ unique ─ AttributeRoyalties
+                                   └─ dead letters             └─ duplicates
+    ─ AggregateLedger (window by received_at, early/late panes as deltas) ─ ledger rows
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from enum import Enum
+from typing import Any
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.coders import BooleanCoder
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import trigger, userstate, window
+from apache_beam.transforms.combiners import TupleCombineFn
+from apache_beam.utils.timestamp import Duration, Timestamp
+
+from ledger.allocation import UNMATCHED, attribute_play
+from ledger.catalog import Catalog
+from ledger.tables import partition_name
+from pipelines.files import write_parquet_atomically
+from schemas.codec import ATTR_BATCH_ID, ATTR_KIND, KIND_HEARTBEAT, DecodeError, decode_batch
+from schemas.validation import check_decoded_event
+
+__all__ = [
+    "METRICS_NAMESPACE",
+    "AggregateLedger",
+    "AttributeRoyalties",
+    "DecodePlayMessages",
+    "DecodeOutput",
+    "DedupByEventId",
+    "DedupOutput",
+    "WritePaneFiles",
+    "append_window",
+    "dead_letter",
+]
+
+METRICS_NAMESPACE = "playledger"
+
+
+class DecodeOutput(str, Enum):
+    """Branches of ``DecodePlayMessages``."""
+
+    EVENTS = "events"
+    DEAD_LETTERS = "dead_letters"
+
+
+class DedupOutput(str, Enum):
+    """Branches of ``DedupByEventId``."""
+
+    UNIQUE = "unique"
+    DUPLICATES = "duplicates"
+
+
+def _counter(name: str) -> Any:
+    return Metrics.counter(METRICS_NAMESPACE, name)
+
+
+def _json_default(value: object) -> str:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def dead_letter(
+    stage: str,
+    reason: str,
+    payload: bytes,
+    attributes: dict[str, str],
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    """A dead-letter row: why, where, and the raw payload to replay or inspect."""
+    return {
+        "dead_at": dt.datetime.now(dt.UTC),
+        "stage": stage,
+        "reason": reason,
+        "event_id": event_id,
+        "batch_id": attributes.get(ATTR_BATCH_ID),
+        "payload_base64": base64.b64encode(payload).decode("ascii"),
+        "attributes_json": json.dumps(attributes, sort_keys=True),
+    }
+
+
+class _DecodeFn(beam.DoFn):  # type: ignore[misc]
+    def __init__(self) -> None:
+        self.messages = _counter("messages_read")
+        self.heartbeats = _counter("heartbeats")
+        self.undecodable = _counter("messages_undecodable")
+        self.decoded = _counter("events_decoded")
+        self.invalid = _counter("events_invalid")
+
+    def process(self, message: PubsubMessage) -> Iterator[Any]:
+        attributes = dict(message.attributes or {})
+        if attributes.get(ATTR_KIND) == KIND_HEARTBEAT:
+            self.heartbeats.inc()
+            return
+        self.messages.inc()
+        try:
+            events = decode_batch(message.data, attributes)
+        except DecodeError as error:
+            self.undecodable.inc()
+            yield pvalue.TaggedOutput(
+                DecodeOutput.DEAD_LETTERS.value,
+                dead_letter("decode", str(error), message.data, attributes),
+            )
+            return
+        for event in events:
+            errors = check_decoded_event(event)
+            if errors:
+                self.invalid.inc()
+                raw = json.dumps(event, default=_json_default, sort_keys=True).encode()
+                yield pvalue.TaggedOutput(
+                    DecodeOutput.DEAD_LETTERS.value,
+                    dead_letter("validate", "; ".join(errors), raw, attributes, event.get("event_id")),
+                )
+                continue
+            self.decoded.inc()
+            # Event time is the gateway's receive time: it assigns the accounting period.
+            yield window.TimestampedValue(event, Timestamp.from_utc_datetime(event["received_at"]))
+
+
+class DecodePlayMessages(beam.PTransform):  # type: ignore[misc]
+    """Pub/Sub messages → play events stamped with ``received_at``, plus dead letters.
+
+    Heartbeat messages (which keep an idle source moving) are counted and dropped.
+    Returns a tagged result: ``result[DecodeOutput.EVENTS.value]`` and
+    ``result[DecodeOutput.DEAD_LETTERS.value]``.
+    """
+
+    def expand(self, messages: beam.PCollection) -> pvalue.DoOutputsTuple:
+        return messages | "Decode" >> beam.ParDo(_DecodeFn()).with_outputs(
+            DecodeOutput.DEAD_LETTERS.value, main=DecodeOutput.EVENTS.value
+        )
+
+
+class _DedupFn(beam.DoFn):  # type: ignore[misc]
+    SEEN = userstate.ReadModifyWriteStateSpec("seen", BooleanCoder())
+    EXPIRY = userstate.TimerSpec("expiry", userstate.TimeDomain.WATERMARK)
+
+    def __init__(self, horizon: Duration) -> None:
+        self.horizon = horizon
+        self.unique = _counter("events_unique")
+        self.duplicates = _counter("events_duplicate")
+
+    def process(
+        self,
+        keyed_event: tuple[str, dict[str, Any]],
+        timestamp: Timestamp = beam.DoFn.TimestampParam,
+        seen: Any = beam.DoFn.StateParam(SEEN),
+        expiry: Any = beam.DoFn.TimerParam(EXPIRY),
+    ) -> Iterator[Any]:
+        _, event = keyed_event
+        if seen.read():
+            self.duplicates.inc()
+            yield pvalue.TaggedOutput(DedupOutput.DUPLICATES.value, event)
+            return
+        seen.write(True)
+        # The horizon counts from the first copy; later copies do not extend it.
+        expiry.set(timestamp + self.horizon)
+        self.unique.inc()
+        yield event
+
+    @userstate.on_timer(EXPIRY)
+    def expire(self, seen: Any = beam.DoFn.StateParam(SEEN)) -> None:
+        seen.clear()
+
+
+class DedupByEventId(beam.PTransform):  # type: ignore[misc]
+    """Keep the first copy of each ``event_id`` seen within ``dedup_horizon_hours``.
+
+    Modelled on Beam's ``DeduplicatePerKey`` with an event-time timer only, in the
+    global window, so a retry that crosses a period boundary is still caught; unlike it,
+    duplicates are counted and returned (``DedupOutput.DUPLICATES``), not just dropped.
+    """
+
+    def __init__(self, dedup_horizon_hours: int) -> None:
+        super().__init__()
+        if dedup_horizon_hours <= 0:
+            raise ValueError("dedup_horizon_hours must be positive")
+        self.horizon = Duration(seconds=dedup_horizon_hours * 3600)
+
+    def expand(self, events: beam.PCollection) -> pvalue.DoOutputsTuple:
+        return (
+            events
+            | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+            | "KeyByEventId" >> beam.Map(lambda event: (event["event_id"], event))
+            | "FirstCopyOnly"
+            >> beam.ParDo(_DedupFn(self.horizon)).with_outputs(
+                DedupOutput.DUPLICATES.value, main=DedupOutput.UNIQUE.value
+            )
+        )
+
+
+class _AttributeFn(beam.DoFn):  # type: ignore[misc]
+    def __init__(self, min_stream_ms: int) -> None:
+        self.min_stream_ms = min_stream_ms
+        self.plays = _counter("plays")
+        self.streams = _counter("streams")
+        self.unmatched = _counter("plays_unmatched")
+        self.parts = _counter("attributed_parts")
+
+    def process(self, event: dict[str, Any], catalog: Catalog) -> Iterator[Any]:
+        is_stream = event["ms_played"] >= self.min_stream_ms
+        self.plays.inc()
+        if is_stream:
+            self.streams.inc()
+        parts = attribute_play(catalog, event["track_id"], event["territory"], event["product"], is_stream)
+        if parts and parts[0].rights_holder_id == UNMATCHED:
+            self.unmatched.inc()
+        for part in parts:
+            self.parts.inc()
+            key = (part.rights_holder_id, event["track_id"], event["territory"], event["product"], part.currency)
+            yield key, (1, int(is_stream), part.amount_micros)
+
+
+class AttributeRoyalties(beam.PTransform):  # type: ignore[misc]
+    """Unique plays → ``((rights_holder, track, territory, product, currency), (plays, streams, micros))``.
+
+    A play of at least ``min_stream_ms`` is a stream and earns the catalog rate, split
+    between rights holders by the contract's largest-remainder rule; every holder of
+    the track counts the play. An unknown track goes whole to ``UNMATCHED``.
+    """
+
+    def __init__(self, catalog: beam.pvalue.AsSideInput, min_stream_ms: int) -> None:
+        super().__init__()
+        if min_stream_ms < 0:
+            raise ValueError("min_stream_ms must not be negative")
+        self.catalog = catalog
+        self.min_stream_ms = min_stream_ms
+
+    def expand(self, events: beam.PCollection) -> beam.PCollection:
+        return events | "Attribute" >> beam.ParDo(_AttributeFn(self.min_stream_ms), catalog=self.catalog)
+
+
+_PANE_TIMING = {
+    beam.utils.windowed_value.PaneInfoTiming.EARLY: "EARLY",
+    beam.utils.windowed_value.PaneInfoTiming.ON_TIME: "ON_TIME",
+    beam.utils.windowed_value.PaneInfoTiming.LATE: "LATE",
+    beam.utils.windowed_value.PaneInfoTiming.UNKNOWN: "UNKNOWN",
+}
+
+
+class _ToLedgerRowFn(beam.DoFn):  # type: ignore[misc]
+    def process(
+        self,
+        keyed_totals: tuple[tuple[str, str, str, str, str], tuple[int, int, int]],
+        period: window.IntervalWindow = beam.DoFn.WindowParam,
+        pane: Any = beam.DoFn.PaneInfoParam,
+    ) -> Iterator[dict[str, Any]]:
+        (rights_holder_id, track_id, territory, product, currency), (plays, streams, micros) = keyed_totals
+        yield {
+            "period_start": period.start.to_utc_datetime(has_tz=True),
+            "period_end": period.end.to_utc_datetime(has_tz=True),
+            "rights_holder_id": rights_holder_id,
+            "track_id": track_id,
+            "territory": territory,
+            "product": product,
+            "plays": plays,
+            "streams": streams,
+            "amount_micros": micros,
+            "currency": currency,
+            "pane_timing": _PANE_TIMING.get(pane.timing, "UNKNOWN"),
+            "written_at": dt.datetime.now(dt.UTC),
+        }
+
+
+def append_window(window_seconds: int, firing_seconds: int, allowed_lateness: Duration) -> beam.WindowInto:
+    """Fixed windows whose panes are deltas, for tables that are appended to.
+
+    Early panes fill the table while the window is open; late data is batched into delta
+    panes every ``firing_seconds`` rather than one tiny pane per element.
+    """
+    return beam.WindowInto(
+        window.FixedWindows(window_seconds),
+        trigger=trigger.AfterWatermark(
+            early=trigger.AfterProcessingTime(firing_seconds),
+            late=trigger.AfterProcessingTime(firing_seconds),
+        ),
+        accumulation_mode=trigger.AccumulationMode.DISCARDING,
+        allowed_lateness=allowed_lateness,
+    )
+
+
+class AggregateLedger(beam.PTransform):  # type: ignore[misc]
+    """Attributed parts → ledger delta rows per period (fixed windows of ``received_at``).
+
+    Panes discard what they emitted, so each row is a delta and balances are sums;
+    nothing later than ``allowed_lateness_hours`` behind the watermark can arrive
+    unnoticed: it would be counted by the ``late`` metric of the runner.
+    """
+
+    def __init__(self, period_seconds: int, early_firing_seconds: int, allowed_lateness_hours: int) -> None:
+        super().__init__()
+        if period_seconds <= 0 or early_firing_seconds <= 0:
+            raise ValueError("period_seconds and early_firing_seconds must be positive")
+        if allowed_lateness_hours < 0:
+            raise ValueError("allowed_lateness_hours must not be negative")
+        self.period_seconds = period_seconds
+        self.early_firing_seconds = early_firing_seconds
+        self.allowed_lateness = Duration(seconds=allowed_lateness_hours * 3600)
+
+    def expand(self, parts: beam.PCollection) -> beam.PCollection:
+        return (
+            parts
+            | "WindowByPeriod"
+            >> append_window(self.period_seconds, self.early_firing_seconds, self.allowed_lateness)
+            | "SumPerKey" >> beam.CombinePerKey(TupleCombineFn(sum, sum, sum))
+            | "ToLedgerRow" >> beam.ParDo(_ToLedgerRowFn())
+        )
+
+
+class _WritePaneFn(beam.DoFn):  # type: ignore[misc]
+    def __init__(self, table: str, table_dir: str, temp_dir: str, schema: Any, sum_column: str | None) -> None:
+        self.table_dir = table_dir
+        self.temp_dir = temp_dir
+        self.schema = schema
+        self.sum_column = sum_column
+        self.files = _counter(f"{table}_files_written")
+        self.rows = _counter(f"{table}_rows_written")
+        self.summed = _counter(f"{table}_{sum_column}_written") if sum_column else None
+
+    def process(
+        self,
+        partition_rows: tuple[str, Iterable[dict[str, Any]]],
+        pane: Any = beam.DoFn.PaneInfoParam,
+    ) -> Iterator[str]:
+        partition, rows = partition_rows
+        rows = list(rows)
+        if not rows:
+            return
+        # The runner may give no pane index (the direct runner does not): a random
+        # suffix keeps every pane's file name unique.
+        index = "x" if pane.index is None else str(pane.index)
+        path = write_parquet_atomically(
+            rows,
+            self.schema,
+            f"{self.table_dir.rstrip('/')}/{partition}",
+            self.temp_dir,
+            f"part-{index}-{uuid.uuid4().hex}",
+        )
+        self.files.inc()
+        self.rows.inc(len(rows))
+        if self.summed is not None and self.sum_column is not None:
+            self.summed.inc(sum(int(row[self.sum_column]) for row in rows))
+        yield path
+
+
+class WritePaneFiles(beam.PTransform):  # type: ignore[misc]
+    """Append each pane's rows as Parquet files under ``table_dir/<column>=<period>/``.
+
+    ``time_column`` picks the row's partition; files are written to ``temp_dir`` (keep
+    it outside ``table_dir``) and renamed into place. Returns the paths written.
+    """
+
+    def __init__(
+        self,
+        table: str,
+        table_dir: str,
+        temp_dir: str,
+        schema: Any,
+        partition_column: str,
+        time_column: str,
+        sum_column: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not table_dir or not temp_dir:
+            raise ValueError("table_dir and temp_dir are required")
+        if time_column not in schema.names:
+            raise ValueError(f"time_column {time_column!r} is not in the schema")
+        self.table = table
+        self.table_dir = table_dir
+        self.temp_dir = temp_dir
+        self.schema = schema
+        self.partition_column = partition_column
+        self.time_column = time_column
+        self.sum_column = sum_column
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        column, time_column = self.partition_column, self.time_column
+        return (
+            rows
+            | "KeyByPartition" >> beam.Map(lambda row: (partition_name(column, row[time_column]), row))
+            | "GroupPane" >> beam.GroupByKey()
+            | "WriteFile"
+            >> beam.ParDo(_WritePaneFn(self.table, self.table_dir, self.temp_dir, self.schema, self.sum_column))
+        )

@@ -1,0 +1,166 @@
+"""The streaming pipeline's composites under driven event time (TestStream)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import duckdb
+import pytest
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
+from apache_beam.transforms.window import IntervalWindow, TimestampedValue
+from conftest import EPOCH, message, play
+
+from pipelines.config import PipelineConfig
+from pipelines.streaming import Sinks, build, parquet_sinks
+from schemas.codec import ATTR_KIND, KIND_HEARTBEAT
+
+PERIOD = 60
+BASE = int(EPOCH.timestamp())
+
+
+def streaming_pipeline() -> TestPipeline:
+    options = PipelineOptions(streaming=True, runner="BundleBasedDirectRunner")
+    return TestPipeline(options=options, blocking=True)
+
+
+def config(catalog: Path) -> PipelineConfig:
+    return PipelineConfig(period_seconds=PERIOD, early_firing_seconds=5, catalog_dir=catalog)
+
+
+def summary(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What a ledger row says, without the write time."""
+    return (
+        row["rights_holder_id"], row["track_id"], row["plays"], row["streams"],
+        row["amount_micros"], row["pane_timing"],
+    )
+
+
+def period(index: int) -> IntervalWindow:
+    return IntervalWindow(BASE + index * PERIOD, BASE + (index + 1) * PERIOD)
+
+
+def at(second: float, msg: PubsubMessage) -> TimestampedValue:
+    return TimestampedValue(msg, BASE + second)
+
+
+def test_duplicate_in_a_later_period_is_dropped_and_late_play_is_a_delta(tiny_catalog: Path) -> None:
+    first = play("T1", received_second=10)
+    retry = dict(first, received_at=EPOCH + dt.timedelta(seconds=70))  # same event_id, next period
+    other = play("T2", received_second=75, ms_played=5_000)  # not a stream: counted, earns nothing
+    late = play("T1", received_second=20, product="free", territory="DE")
+    stream = (
+        TestStream()
+        .advance_watermark_to(BASE)
+        .add_elements([at(10, message(first))])
+        .advance_watermark_to(BASE + 65)
+        .add_elements([at(70, message(retry, other))])
+        .advance_watermark_to(BASE + 200)
+        .add_elements([at(201, message(late))])  # period 0 closed: this play is late
+        .advance_watermark_to_infinity()
+    )
+    with streaming_pipeline() as p:
+        outputs = build(p, stream, Sinks(), config(tiny_catalog))
+        assert_that(
+            outputs.ledger_rows | beam.Map(summary),
+            equal_to_per_window(
+                {
+                    # SE premium 1000 µ: 6667 bps → 666.7, 3333 bps → 333.3; the spare µ goes to RH_A.
+                    period(0): [
+                        ("RH_A", "T1", 1, 1, 667, "ON_TIME"),
+                        ("RH_B", "T1", 1, 1, 333, "ON_TIME"),
+                        # The late free play in DE uses the fallback rate 100 µ: 66.67 / 33.33.
+                        ("RH_A", "T1", 1, 1, 67, "LATE"),
+                        ("RH_B", "T1", 1, 1, 33, "LATE"),
+                    ],
+                    period(1): [("RH_B", "T2", 1, 0, 0, "ON_TIME")],
+                }
+            ),
+            label="LedgerPerPeriod",
+        )
+        assert_that(
+            outputs.duplicates | beam.Map(lambda event: event["event_id"]),
+            equal_to([first["event_id"]]),
+            label="Duplicates",
+        )
+
+
+def test_unknown_track_goes_to_suspense(tiny_catalog: Path) -> None:
+    unknown = play("NOT-IN-CATALOG", received_second=5)
+    stream = TestStream().advance_watermark_to(BASE).add_elements([at(5, message(unknown))])
+    with streaming_pipeline() as p:
+        outputs = build(p, stream.advance_watermark_to_infinity(), Sinks(), config(tiny_catalog))
+        assert_that(
+            outputs.ledger_rows | beam.Map(summary),
+            equal_to([("UNMATCHED", "NOT-IN-CATALOG", 1, 1, 1000, "ON_TIME")]),
+        )
+
+
+def test_bad_messages_and_invalid_events_are_dead_lettered_beside_good_ones(tiny_catalog: Path) -> None:
+    good = play("T2", received_second=3)
+    invalid = play("T2", received_second=4, territory="XX", ms_played=-1)
+    corrupt = PubsubMessage(b"\x07not avro", {"schema_version": "1", "batch_id": "b-corrupt"})
+    unversioned = PubsubMessage(b"", {"batch_id": "b-none"})
+    heartbeat = PubsubMessage(b"", {ATTR_KIND: KIND_HEARTBEAT})
+    stream = (
+        TestStream()
+        .advance_watermark_to(BASE)
+        .add_elements([at(3, message(good, invalid)), at(3, corrupt), at(3, unversioned), at(3, heartbeat)])
+        .advance_watermark_to_infinity()
+    )
+    with streaming_pipeline() as p:
+        outputs = build(p, stream, Sinks(), config(tiny_catalog))
+        assert_that(
+            outputs.ledger_rows | beam.Map(summary),
+            equal_to([("RH_B", "T2", 1, 1, 1000, "ON_TIME")]),
+            label="GoodEventCounted",
+        )
+        assert_that(
+            outputs.dead_letters | beam.Map(reason_summary),
+            equal_to(
+                [
+                    ("validate", invalid["event_id"], ("ms_played", "territory")),
+                    ("decode", "b-corrupt", ("payload is not a v1 event batch",)),
+                    ("decode", "b-none", ("missing attribute 'schema_version'",)),
+                ]
+            ),
+            label="DeadLetters",
+        )
+
+
+def reason_summary(row: dict[str, Any]) -> tuple[Any, ...]:
+    """(stage, event or batch id, the fields a validation names or a decode error's gist)."""
+    parts = tuple(sorted(part.split(":")[0] for part in row["reason"].split("; ")))
+    return row["stage"], row["event_id"] or row["batch_id"], parts
+
+
+def test_ledger_and_dead_letters_land_as_parquet(tiny_catalog: Path, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    plays = [play("T1", received_second=s) for s in (1, 2, 3)] + [play("T2", received_second=61)]
+    corrupt = PubsubMessage(b"junk", {"schema_version": "1", "batch_id": "b-junk"})
+    stream = (
+        TestStream()
+        .advance_watermark_to(BASE)
+        .add_elements([at(1, message(*plays[:3])), at(2, corrupt), at(61, message(plays[3]))])
+        .advance_watermark_to_infinity()
+    )
+    with streaming_pipeline() as p:
+        build(p, stream, parquet_sinks(str(data_dir)), config(tiny_catalog))
+    ledger_files = sorted((data_dir / "ledger").glob("period=*/*.parquet"))
+    assert [f.parent.name for f in ledger_files] == ["period=20261101T000000Z", "period=20261101T000100Z"]
+    assert not list((data_dir / "ledger").rglob("*.tmp*")), "temp files must stay outside the table"
+    balances = duckdb.sql(
+        f"SELECT rights_holder_id, sum(plays), sum(streams), sum(amount_micros) "
+        f"FROM read_parquet('{data_dir}/ledger/*/*.parquet') GROUP BY ALL ORDER BY ALL"
+    ).fetchall()
+    assert balances == [("RH_A", 3, 3, 3 * 667), ("RH_B", 4, 4, 3 * 333 + 1000)]
+    dead = duckdb.sql(
+        f"SELECT stage, batch_id FROM read_parquet('{data_dir}/dead_letters/*/*.parquet')"
+    ).fetchall()
+    assert dead == [("decode", "b-junk")]
