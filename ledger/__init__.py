@@ -1,0 +1,1 @@
+"""The royalty ledger: catalog, allocation of money to rights holders, and the Parquet journal."""
