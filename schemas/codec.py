@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 
@@ -105,8 +105,9 @@ def decode_batch(data: bytes, attributes: Mapping[str, str]) -> list[dict[str, A
         raise DecodeError(f"unknown schema version {version}")
     buffer = io.BytesIO(data)
     try:
-        events: list[dict[str, Any]] = fastavro.schemaless_reader(
-            buffer, _array_schema(version), _array_schema(None)
+        events = cast(
+            list[dict[str, Any]],
+            fastavro.schemaless_reader(buffer, _array_schema(version), _array_schema(None)),
         )
     except Exception as error:  # fastavro raises several types for corrupt input
         raise DecodeError(f"payload is not a v{version} event batch: {error!r}") from None

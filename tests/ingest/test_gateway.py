@@ -1,0 +1,508 @@
+"""The gateway over real HTTP against the real Pub/Sub emulator.
+
+Each test runs the aiohttp app on a free port in a background thread and talks to it
+with ``http.client``; what the gateway published is pulled back from the test's own
+subscriptions and decoded with the shared codec.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from google.api_core import exceptions as gexc
+from google.cloud import pubsub_v1
+
+from ingest.gateway import EventPublisher, GatewaySettings, create_app
+from ingest.pubsub import PubSubNames, free_port
+from schemas.codec import EncodedBatch, decode_batch
+
+pytestmark = pytest.mark.emulator
+
+REPO = Path(__file__).resolve().parents[2]
+API_KEY = "test-key-3f9a1c0b7d2e"
+OTHER_KEY = "other-key-88e1b7a2c4d6"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def play(**changes: Any) -> dict[str, Any]:
+    """A valid client event with a fresh event_id; ``...`` removes a field."""
+    event: dict[str, Any] = {
+        "event_id": str(uuid.uuid4()),
+        "user_id": "user-42",
+        "track_id": "track-7",
+        "played_at": "2026-11-28T07:00:00+01:00",
+        "ms_played": 31_000,
+        "territory": "SE",
+        "product": "premium",
+        "context": "playlist",
+        "bitrate_kbps": 160,
+        "offline": False,
+        "device": "android-14",
+    }
+    event.update(changes)
+    return {name: value for name, value in event.items() if value is not ...}
+
+
+def settings_for(names: PubSubNames, **overrides: Any) -> GatewaySettings:
+    values: dict[str, Any] = {"port": 0, "names": names, "max_body_bytes": 64 * 1024, "max_events": 50}
+    values.update(overrides)
+    return GatewaySettings.from_env({"PLAYLEDGER_API_KEYS": f"{API_KEY}, {OTHER_KEY}"}, **values)
+
+
+class RunningGateway:
+    """The gateway app served on 127.0.0.1:<free port> by an event loop in a thread."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
+        self.port = 0
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as error:  # surfaced to the test in __enter__
+            self._error = error
+            self._ready.set()
+
+    async def _main(self) -> None:
+        runner = web.AppRunner(self._app, shutdown_timeout=5)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self.port = runner.addresses[0][1]
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+    def __enter__(self) -> RunningGateway:
+        self._thread.start()
+        if not self._ready.wait(timeout=10) or self._error is not None:
+            raise RuntimeError(f"gateway did not start: {self._error!r}")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=10)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+
+def call(
+    port: int,
+    method: str,
+    path: str,
+    body: bytes | Iterator[bytes] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    """One HTTP request on a fresh connection; the reply must be JSON."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
+    try:
+        chunked = body is not None and not isinstance(body, bytes)
+        connection.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
+        response = connection.getresponse()
+        raw = response.read()
+        assert response.getheader("Content-Type", "").startswith("application/json"), raw[:200]
+        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, json.loads(raw))
+    finally:
+        connection.close()
+
+
+def post_events(port: int, events: Any, headers: dict[str, str] | None = None) -> Reply:
+    return call(port, "POST", "/v1/events", json.dumps({"events": events}).encode(), headers or AUTH)
+
+
+@pytest.fixture(scope="module")
+def subscriber(pubsub_emulator: str) -> Iterator[pubsub_v1.SubscriberClient]:
+    client = pubsub_v1.SubscriberClient()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def publisher(pubsub_names: PubSubNames) -> Iterator[EventPublisher]:
+    event_publisher = EventPublisher(pubsub_names.topic, timeout_seconds=10)
+    yield event_publisher
+    event_publisher.close()
+
+
+@pytest.fixture
+def gateway(pubsub_names: PubSubNames, publisher: EventPublisher) -> Iterator[RunningGateway]:
+    with RunningGateway(create_app(settings_for(pubsub_names), publisher)) as running:
+        yield running
+
+
+def pull_messages(
+    subscriber: pubsub_v1.SubscriberClient, subscription: str, count: int, deadline_seconds: float = 15
+) -> list[tuple[list[dict[str, Any]], dict[str, str]]]:
+    """Pull and ack until ``count`` messages arrived, then check that no more are waiting."""
+    messages: list[tuple[list[dict[str, Any]], dict[str, str]]] = []
+    deadline = time.monotonic() + deadline_seconds
+    while len(messages) < count and time.monotonic() < deadline:
+        messages.extend(_pull_once(subscriber, subscription))
+    assert len(messages) == count, f"expected {count} message(s), got {len(messages)}"
+    assert _pull_once(subscriber, subscription) == [], "more messages than expected"
+    return messages
+
+
+def _pull_once(
+    subscriber: pubsub_v1.SubscriberClient, subscription: str
+) -> list[tuple[list[dict[str, Any]], dict[str, str]]]:
+    try:
+        response = subscriber.pull(request={"subscription": subscription, "max_messages": 100}, timeout=2)
+    except gexc.DeadlineExceeded:
+        return []
+    if response.received_messages:
+        subscriber.acknowledge(
+            request={
+                "subscription": subscription,
+                "ack_ids": [received.ack_id for received in response.received_messages],
+            }
+        )
+    return [
+        (decode_batch(received.message.data, received.message.attributes), dict(received.message.attributes))
+        for received in response.received_messages
+    ]
+
+
+def assert_only_marker_published(
+    port: int, subscriber: pubsub_v1.SubscriberClient, names: PubSubNames
+) -> None:
+    """Publish a marker batch and check it is the only message on the subscription.
+
+    Whatever an earlier request might have published would be waiting before it.
+    """
+    marker = play()
+    reply = post_events(port, [marker])
+    assert reply.status == 200, reply.body
+    [(events, attributes)] = pull_messages(subscriber, names.royalties, 1)
+    assert attributes["batch_id"] == reply.body["batch_id"]
+    assert [event["event_id"] for event in events] == [marker["event_id"]]
+
+
+def test_healthz_answers_ok(gateway: RunningGateway) -> None:
+    reply = call(gateway.port, "GET", "/healthz")
+    assert (reply.status, reply.body) == (200, {"status": "ok"})
+
+
+def test_unknown_route_and_method_are_json_errors(gateway: RunningGateway) -> None:
+    missing = call(gateway.port, "GET", "/v2/events", headers=AUTH)
+    assert (missing.status, missing.body) == (404, {"error": "no such resource: /v2/events"})
+    wrong_method = call(gateway.port, "GET", "/v1/events", headers=AUTH)
+    assert wrong_method.status == 405
+    assert wrong_method.body == {"error": "method GET is not allowed on /v1/events"}
+    assert wrong_method.headers["allow"] == "POST"
+
+
+def test_accepted_events_are_published_as_one_batch(
+    gateway: RunningGateway, subscriber: pubsub_v1.SubscriberClient, pubsub_names: PubSubNames
+) -> None:
+    sent = [
+        play(),
+        play(played_at="2026-11-28T06:00:00.123456Z", ms_played=0, product="free", device=None, offline=True),
+        play(territory="BR", context="daily_mix", bitrate_kbps=96, device=...),
+    ]
+    before = datetime.now(UTC)
+    reply = post_events(gateway.port, sent)
+    after = datetime.now(UTC)
+
+    assert reply.status == 200, reply.body
+    assert reply.body["accepted"] == 3
+    assert reply.body["rejected"] == []
+    batch_id = reply.body["batch_id"]
+    assert uuid.UUID(hex=batch_id).hex == batch_id
+
+    for subscription in (pubsub_names.royalties, pubsub_names.archive):
+        [(events, attributes)] = pull_messages(subscriber, subscription, 1)
+        assert attributes == {"schema_version": "1", "batch_id": batch_id, "event_count": "3"}
+        received_at = events[0]["received_at"]
+        assert before <= received_at <= after
+        assert received_at.utcoffset() is not None and received_at.utcoffset().total_seconds() == 0
+        assert events == [
+            {**sent[0], "played_at": datetime(2026, 11, 28, 6, tzinfo=UTC), "received_at": received_at},
+            {
+                **sent[1],
+                "played_at": datetime(2026, 11, 28, 6, 0, 0, 123456, tzinfo=UTC),
+                "received_at": received_at,
+            },
+            {
+                **sent[2],
+                "played_at": datetime(2026, 11, 28, 6, tzinfo=UTC),
+                "device": None,
+                "received_at": received_at,
+            },
+        ]
+
+
+def test_mixed_batch_publishes_the_valid_events_once_and_explains_the_rest(
+    gateway: RunningGateway, subscriber: pubsub_v1.SubscriberClient, pubsub_names: PubSubNames
+) -> None:
+    good_first, good_second = play(), play(track_id="track-8")
+    bad_range = play(ms_played=-1, territory="se")
+    bad_types = play(event_id=17, offline="yes", bitrate_kbps="160", shuffle=True)
+    sent = [good_first, bad_range, good_second, 42, bad_types]
+
+    reply = post_events(gateway.port, sent, {"Authorization": f"Bearer {OTHER_KEY}"})
+
+    assert reply.status == 200, reply.body
+    assert reply.body["accepted"] == 2
+    assert reply.body["rejected"] == [
+        {
+            "index": 1,
+            "event_id": bad_range["event_id"],
+            "errors": [
+                "ms_played: must be between 0 and 86400000, got -1",
+                "territory: must be upper case: 'SE', not 'se'",
+            ],
+        },
+        {"index": 3, "event_id": None, "errors": ["event: must be a JSON object, got number"]},
+        {
+            "index": 4,
+            "event_id": None,
+            "errors": [
+                "event_id: must be a string, got number",
+                "bitrate_kbps: must be an integer, got string",
+                "offline: must be a boolean, got string",
+                "shuffle: unknown field",
+            ],
+        },
+    ]
+    [(events, attributes)] = pull_messages(subscriber, pubsub_names.royalties, 1)
+    assert attributes["batch_id"] == reply.body["batch_id"]
+    assert [event["event_id"] for event in events] == [good_first["event_id"], good_second["event_id"]]
+    assert [event["track_id"] for event in events] == ["track-7", "track-8"]
+
+
+def test_duplicate_event_ids_in_one_request_are_both_accepted(
+    gateway: RunningGateway, subscriber: pubsub_v1.SubscriberClient, pubsub_names: PubSubNames
+) -> None:
+    event = play()
+    reply = post_events(gateway.port, [event, event])
+    assert (reply.status, reply.body["accepted"]) == (200, 2)
+    [(events, _)] = pull_messages(subscriber, pubsub_names.royalties, 1)
+    assert [e["event_id"] for e in events] == [event["event_id"]] * 2
+
+
+def test_nothing_valid_means_nothing_published(
+    gateway: RunningGateway, subscriber: pubsub_v1.SubscriberClient, pubsub_names: PubSubNames
+) -> None:
+    invalid = post_events(gateway.port, [play(product="gold"), play(user_id=...)])
+    assert invalid.status == 200
+    assert invalid.body["accepted"] == 0
+    assert invalid.body["batch_id"] is None
+    assert [r["errors"] for r in invalid.body["rejected"]] == [
+        ["product: must be one of free|premium, got 'gold'"],
+        ["user_id: required"],
+    ]
+    empty = post_events(gateway.port, [])
+    assert empty.body == {"accepted": 0, "rejected": [], "batch_id": None}
+    assert_only_marker_published(gateway.port, subscriber, pubsub_names)
+
+
+@pytest.mark.parametrize(
+    ("body", "message_start"),
+    [
+        (b"{not json", "body is not valid JSON: Expecting property name"),
+        (b"", "body is not valid JSON: Expecting value"),
+        (b'{"events": [{"ms_played": NaN}]}', "body is not valid JSON: NaN is not a JSON number"),
+        (b'{"events": ["\xff"]}', "body is not valid JSON: 'utf-8' codec can't decode"),
+        (b"[" * 50_000, "body is not valid JSON: maximum recursion depth exceeded"),
+    ],
+)
+def test_a_body_that_is_not_json_is_400(gateway: RunningGateway, body: bytes, message_start: str) -> None:
+    reply = call(gateway.port, "POST", "/v1/events", body, AUTH)
+    assert reply.status == 400
+    assert reply.body["error"].startswith(message_start), reply.body
+
+
+ONLY_EVENTS = "the body holds only 'events'"
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ([], 'body must be a JSON object like {"events": [...]}, got array'),
+        ("events", 'body must be a JSON object like {"events": [...]}, got str'),
+        ({}, "body is missing the key 'events'"),
+        ({"events": {"0": {}}}, "'events' must be a JSON array of events"),
+        ({"events": None}, "'events' must be a JSON array of events"),
+        ({"events": [], "sent_at": "now"}, f"unknown top-level key(s) 'sent_at': {ONLY_EVENTS}"),
+        ({"event": []}, f"body is missing the key 'events'; unknown top-level key(s) 'event': {ONLY_EVENTS}"),
+    ],
+)
+def test_a_body_of_the_wrong_shape_is_400(gateway: RunningGateway, payload: object, message: str) -> None:
+    reply = call(gateway.port, "POST", "/v1/events", json.dumps(payload).encode(), AUTH)
+    assert (reply.status, reply.body) == (400, {"error": message})
+
+
+def test_bad_credentials_are_401_and_publish_nothing(
+    gateway: RunningGateway, subscriber: pubsub_v1.SubscriberClient, pubsub_names: PubSubNames
+) -> None:
+    body = json.dumps({"events": [play()]}).encode()
+    cases = {
+        None: "missing Authorization header: send 'Authorization: Bearer <api key>'",
+        f"Bearer {API_KEY}x": "invalid API key",
+        f"Bearer {API_KEY[:-1]}": "invalid API key",
+        "Bearer wrong-key-0000000000": "invalid API key",
+        "Bearer héllo-wörld-key": "invalid API key",
+        f"Basic {API_KEY}": "malformed Authorization header: expected 'Bearer <api key>'",
+        "Bearer": "malformed Authorization header: expected 'Bearer <api key>'",
+        f"Bearer {API_KEY} {API_KEY}": "malformed Authorization header: expected 'Bearer <api key>'",
+        API_KEY: "malformed Authorization header: expected 'Bearer <api key>'",
+    }
+    for authorization, message in cases.items():
+        headers = {} if authorization is None else {"Authorization": authorization}
+        reply = call(gateway.port, "POST", "/v1/events", body, headers)
+        assert (reply.status, reply.body) == (401, {"error": message}), authorization
+        assert reply.headers["www-authenticate"].startswith("Bearer")
+    # The key is checked before the body is read: an oversized body still gets 401.
+    wrong_key = {"Authorization": "Bearer wrong-key-0000000000"}
+    oversized = call(gateway.port, "POST", "/v1/events", b" " * (128 * 1024), wrong_key)
+    assert oversized.status == 401
+    # The scheme is case-insensitive (RFC 7235).
+    lower = post_events(gateway.port, [], {"Authorization": f"bearer {API_KEY}"})
+    assert lower.status == 200
+    assert_only_marker_published(gateway.port, subscriber, pubsub_names)
+
+
+def test_too_large_is_413_and_the_gateway_keeps_working(
+    gateway: RunningGateway, subscriber: pubsub_v1.SubscriberClient, pubsub_names: PubSubNames
+) -> None:
+    limit_message = "request body is larger than 65536 bytes; send fewer events per request"
+    padded = json.dumps({"events": [play(device="d" * 100) for _ in range(300)]}).encode()
+    assert len(padded) > 64 * 1024
+    declared = call(gateway.port, "POST", "/v1/events", padded, AUTH)
+    assert (declared.status, declared.body) == (413, {"error": limit_message})
+
+    chunks = iter([padded[i : i + 8192] for i in range(0, len(padded), 8192)])
+    chunked = call(gateway.port, "POST", "/v1/events", chunks, AUTH)
+    assert (chunked.status, chunked.body) == (413, {"error": limit_message})
+
+    too_many = post_events(gateway.port, [play() for _ in range(51)])
+    assert (too_many.status, too_many.body) == (413, {"error": "too many events: 51, at most 50 per request"})
+
+    assert_only_marker_published(gateway.port, subscriber, pubsub_names)
+
+
+def test_a_missing_topic_is_503_with_retry_after(pubsub_names: PubSubNames) -> None:
+    missing = PubSubNames(project=pubsub_names.project, topic_id=f"absent-{uuid.uuid4().hex[:8]}")
+    publisher = EventPublisher(missing.topic, timeout_seconds=2)
+    try:
+        with RunningGateway(create_app(settings_for(missing, retry_after_seconds=7), publisher)) as gateway:
+            reply = post_events(gateway.port, [play(), play(ms_played=-1)])
+    finally:
+        publisher.close()
+    assert reply.status == 503
+    assert reply.headers["retry-after"] == "7"
+    assert reply.body == {
+        "error": "could not publish to Pub/Sub; none of the events were accepted, retry in 7 s"
+    }
+
+
+def test_an_unreachable_pubsub_is_503_after_the_publish_timeout(
+    pubsub_names: PubSubNames, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Pub/Sub endpoint on a port nothing listens on: the outage is real, not simulated.
+    with monkeypatch.context() as patch:
+        patch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
+        publisher = EventPublisher(pubsub_names.topic, timeout_seconds=1.5)
+    settings = settings_for(pubsub_names, publish_timeout_seconds=1.5)
+    try:
+        with RunningGateway(create_app(settings, publisher)) as gateway:
+            started = time.monotonic()
+            reply = post_events(gateway.port, [play()])
+            elapsed = time.monotonic() - started
+    finally:
+        publisher.close()
+    assert reply.status == 503
+    assert reply.headers["retry-after"] == "5"
+    assert "none of the events were accepted" in reply.body["error"]
+    # The client library's own retries give up within the same budget, not its default 60 s.
+    assert elapsed < 1.5 + 2.0, elapsed
+
+
+class _BrokenPublisher:
+    """The one stand-in here: a publisher failing in a way nobody planned for."""
+
+    async def publish(self, batch: EncodedBatch) -> str:
+        raise KeyError("internal detail that must not reach the client")
+
+
+def test_an_unexpected_error_is_a_500_without_details(pubsub_names: PubSubNames) -> None:
+    with RunningGateway(create_app(settings_for(pubsub_names), _BrokenPublisher())) as gateway:
+        reply = post_events(gateway.port, [play()])
+    assert (reply.status, reply.body) == (500, {"error": "internal error; the request was not processed"})
+
+
+SERVE_SCRIPT = """
+import logging, sys
+from ingest.gateway import GatewaySettings, serve
+from ingest.pubsub import PubSubNames
+
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+names = PubSubNames(project="local-dev", topic_id=sys.argv[1])
+
+def ready(port: int) -> None:
+    sys.stdout.write(f"{port}\\n")
+    sys.stdout.flush()
+
+serve(GatewaySettings.from_env(port=0, names=names), on_ready=ready)
+"""
+
+
+def test_serve_runs_until_sigterm_and_shuts_down_cleanly(
+    subscriber: pubsub_v1.SubscriberClient, pubsub_names: PubSubNames
+) -> None:
+    env = {**os.environ, "PLAYLEDGER_API_KEYS": API_KEY, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", SERVE_SCRIPT, pubsub_names.topic_id],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        assert call(port, "GET", "/healthz").status == 200
+        event = play()
+        assert post_events(port, [event]).body["accepted"] == 1
+        process.terminate()
+        _, stderr = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, stderr
+    assert "gateway stopped" in stderr
+    assert "Traceback" not in stderr
+    [(events, _)] = pull_messages(subscriber, pubsub_names.royalties, 1)
+    assert events[0]["event_id"] == event["event_id"]
