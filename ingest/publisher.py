@@ -16,9 +16,9 @@ import logging
 import threading
 from typing import Protocol
 
+import google.cloud.pubsub_v1 as pubsub_v1
 from google.api_core import exceptions as gexc
 from google.api_core import retry as gretry
-from google.cloud import pubsub_v1
 
 from schemas.codec import EncodedBatch
 

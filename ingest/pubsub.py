@@ -21,12 +21,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import google.cloud.pubsub_v1 as pubsub_v1
 from google.api_core import exceptions as gexc
-from google.cloud import pubsub_v1
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 __all__ = [
     "DEFAULT_PROJECT",
+    "EMULATOR_ENV",
     "SUBSCRIPTIONS",
     "TOPIC",
     "Emulator",
@@ -106,8 +107,14 @@ class Emulator:
             # A session of its own, so stop() can end gcloud and the Java server it forks.
             self._process = subprocess.Popen(
                 [
-                    gcloud, "beta", "emulators", "pubsub", "start",
-                    f"--host-port={self.host}", f"--data-dir={self._data_dir}", "--quiet",
+                    gcloud,
+                    "beta",
+                    "emulators",
+                    "pubsub",
+                    "start",
+                    f"--host-port={self.host}",
+                    f"--data-dir={self._data_dir}",
+                    "--quiet",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -35,11 +35,13 @@ class ReadOnlyQueryError(ValueError):
     """A statement that would change something, refused by ``run_sql``."""
 
 
-def _table_source(connection: duckdb.DuckDBPyConnection, directory: Path, empty_name: str,
-                  schema: pa.Schema) -> str:
+def _table_source(
+    connection: duckdb.DuckDBPyConnection, directory: Path, empty_name: str, schema: pa.Schema
+) -> str:
     files = sorted(directory.glob("*/*.parquet"))
     if files:
-        return f"read_parquet('{directory.as_posix()}/*/*.parquet', hive_partitioning = false, union_by_name = true)"
+        pattern = f"{directory.as_posix()}/*/*.parquet"
+        return f"read_parquet('{pattern}', hive_partitioning = false, union_by_name = true)"
     # A glob that matches nothing is an error in DuckDB: an empty table of the same shape instead.
     connection.register(empty_name, schema.empty_table())
     return empty_name
@@ -50,7 +52,9 @@ def open_ledger(data_dir: Path | str) -> duckdb.DuckDBPyConnection:
     data = Path(data_dir).resolve()
     connection = duckdb.connect(":memory:")
     ledger_source = _table_source(connection, data / LEDGER_DIR, "_ledger_empty", LEDGER_SCHEMA)
-    dead_source = _table_source(connection, data / DEAD_LETTERS_DIR, "_dead_letters_empty", DEAD_LETTER_SCHEMA)
+    dead_source = _table_source(
+        connection, data / DEAD_LETTERS_DIR, "_dead_letters_empty", DEAD_LETTER_SCHEMA
+    )
     connection.execute(
         f"""
         CREATE VIEW ledger AS
@@ -98,7 +102,8 @@ def run_sql(connection: duckdb.DuckDBPyConnection, sql: str) -> QueryResult:
     for statement in statements:
         if statement.type not in _READ_STATEMENTS:
             raise ReadOnlyQueryError(
-                f"only queries that read are allowed here, not {statement.type.name}: {statement.query.strip()[:80]}"
+                f"only queries that read are allowed here, not {statement.type.name}: "
+                f"{statement.query.strip()[:80]}"
             )
     relation = None
     for statement in statements:

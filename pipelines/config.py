@@ -53,5 +53,7 @@ class PipelineConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown pipeline setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ValueError(
+                f"unknown pipeline setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         return cls(**dict(values))

@@ -21,12 +21,15 @@ On Dataflow (``--heartbeat-seconds 0``: Dataflow's source watermark needs no hel
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import signal
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -40,6 +43,7 @@ from ingest.pubsub import PubSubNames
 from ledger.catalog import Catalog
 from ledger.tables import DEAD_LETTER_SCHEMA, DEAD_LETTERS_DIR, LEDGER_DIR, LEDGER_SCHEMA
 from pipelines.config import PipelineConfig
+from pipelines.direct_runner import DIRECT_RUNNERS, mend_direct_runner_metrics
 from pipelines.transforms import (
     METRICS_NAMESPACE,
     AggregateLedger,
@@ -52,9 +56,20 @@ from pipelines.transforms import (
     append_window,
 )
 
-__all__ = ["PipelineOutputs", "Sinks", "build", "parquet_sinks", "run"]
+__all__ = [
+    "PipelineOutputs",
+    "Sinks",
+    "build",
+    "counters",
+    "load_counters",
+    "parquet_sinks",
+    "run",
+    "supervise",
+]
 
 LOG = logging.getLogger(__name__)
+
+COUNTERS_FILE = "metrics/pipeline_counters.json"
 
 
 @dataclass(frozen=True)
@@ -80,12 +95,21 @@ def parquet_sinks(data_dir: str, temp_dir: str | None = None) -> Sinks:
     temp = (temp_dir or f"{base}/.tmp").rstrip("/")
     return Sinks(
         ledger=WritePaneFiles(
-            "ledger", f"{base}/{LEDGER_DIR}", f"{temp}/ledger", LEDGER_SCHEMA,
-            partition_column="period", time_column="period_start", sum_column="plays",
+            "ledger",
+            f"{base}/{LEDGER_DIR}",
+            f"{temp}/ledger",
+            LEDGER_SCHEMA,
+            partition_column="period",
+            time_column="period_start",
+            sum_column="plays",
         ),
         dead_letters=WritePaneFiles(
-            "dead_letters", f"{base}/{DEAD_LETTERS_DIR}", f"{temp}/dead_letters", DEAD_LETTER_SCHEMA,
-            partition_column="minute", time_column="dead_at",
+            "dead_letters",
+            f"{base}/{DEAD_LETTERS_DIR}",
+            f"{temp}/dead_letters",
+            DEAD_LETTER_SCHEMA,
+            partition_column="minute",
+            time_column="dead_at",
         ),
     )
 
@@ -97,7 +121,9 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
 
     messages = p | "ReadPlays" >> source
     decoded = messages | "DecodePlays" >> DecodePlayMessages()
-    deduped = decoded[DecodeOutput.EVENTS.value] | "DedupByEventId" >> DedupByEventId(config.dedup_horizon_hours)
+    deduped = decoded[DecodeOutput.EVENTS.value] | "DedupByEventId" >> DedupByEventId(
+        config.dedup_horizon_hours
+    )
     catalog_view = beam.pvalue.AsSingleton(p | "LoadCatalog" >> beam.Create([catalog]))
     parts = deduped[DedupOutput.UNIQUE.value] | "AttributeRoyalties" >> AttributeRoyalties(
         catalog_view, config.min_stream_ms
@@ -120,7 +146,7 @@ def counters(result: PipelineResult) -> dict[str, int]:
     totals: dict[str, int] = {}
     query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
     for counter in query["counters"]:
-        value = counter.committed if counter.committed is not None else counter.attempted
+        value = counter.attempted if counter.committed is None else counter.committed
         totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
     return totals
 
@@ -143,7 +169,9 @@ def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[st
     parser.add_argument("--subscription", default=names.royalties)
     parser.add_argument("--topic", default=names.topic, help="topic that heartbeats are published to")
     parser.add_argument(
-        "--heartbeat-seconds", type=float, default=1.0,
+        "--heartbeat-seconds",
+        type=float,
+        default=1.0,
         help="publish a heartbeat this often so an idle direct-runner source keeps firing panes (0: off)",
     )
     parser.add_argument("--drain-timeout-seconds", type=float, default=120.0)
@@ -178,7 +206,7 @@ class _Heartbeat(threading.Thread):
         self.stopped = threading.Event()
 
     def run(self) -> None:
-        from google.cloud import pubsub_v1
+        import google.cloud.pubsub_v1 as pubsub_v1
 
         from schemas.codec import ATTR_KIND, KIND_HEARTBEAT
 
@@ -201,6 +229,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     if options.view_as(StandardOptions).runner is None:
         # Named explicitly: the default DirectRunner first tries to download another runner.
         options.view_as(StandardOptions).runner = "BundleBasedDirectRunner"
+    if options.view_as(StandardOptions).runner in DIRECT_RUNNERS:
+        mend_direct_runner_metrics()
     pipeline = beam.Pipeline(options=options)
     build(
         pipeline,
@@ -209,8 +239,15 @@ def run(argv: Sequence[str] | None = None) -> int:
         config,
     )
     result = pipeline.run()
-    return supervise(result, args.heartbeat_seconds, args.topic, args.drain_timeout_seconds,
-                     config.early_firing_seconds)
+    counters_path = None if "://" in args.data_dir else Path(args.data_dir) / COUNTERS_FILE
+    return supervise(
+        result,
+        args.heartbeat_seconds,
+        args.topic,
+        args.drain_timeout_seconds,
+        config.early_firing_seconds,
+        counters_path,
+    )
 
 
 def supervise(
@@ -219,12 +256,14 @@ def supervise(
     topic: str,
     drain_timeout_seconds: float,
     early_firing_seconds: int,
+    counters_path: Path | None = None,
 ) -> int:
     """Watch a running pipeline; on SIGINT/SIGTERM write out what it read, then cancel it.
 
     The direct runner cannot drain and leaves a failed pipeline RUNNING, so a thread
     waits on it to see a failure, and a stop waits until every part that was attributed
-    is in the ledger (counters), unchanged over a few trigger periods.
+    is in the ledger (counters), unchanged over a few trigger periods. While it runs,
+    the counters are saved to ``counters_path`` every second for local tools to read.
     """
     stop = threading.Event()
     failure: list[BaseException] = []
@@ -246,6 +285,10 @@ def supervise(
     if heartbeat is not None:
         heartbeat.start()
     threading.Thread(target=watch, name="pipeline-watch", daemon=True).start()
+    if counters_path is not None:
+        threading.Thread(
+            target=_save_counters_until, args=(result, counters_path, stop), name="counters", daemon=True
+        ).start()
     LOG.info("pipeline running")
     stop.wait()
     if failure:
@@ -254,23 +297,53 @@ def supervise(
             heartbeat.stopped.set()
         return 1
     code = _drain(result, drain_timeout_seconds, early_firing_seconds, failure)
-    if heartbeat is not None:
-        heartbeat.stopped.set()
+    if counters_path is not None:
+        save_counters(counters(result), counters_path)
+    # Cancel while heartbeats still flow: an idle pull would hold the cancel for 30 s.
     try:
         result.cancel()
     except Exception as error:
         LOG.warning("cancel: %s", error)
+    if heartbeat is not None:
+        heartbeat.stopped.set()
     return code
 
 
-def _drain(result: PipelineResult, timeout: float, early_firing_seconds: int,
-           failure: list[BaseException]) -> int:
+def save_counters(totals: dict[str, int], path: Path) -> None:
+    """Write counters as JSON atomically (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(totals, sort_keys=True, indent=1))
+    os.replace(temp, path)
+
+
+def load_counters(data_dir: Path) -> dict[str, int]:
+    """The counters a local pipeline last saved under ``data_dir`` (empty before the first save)."""
+    try:
+        loaded: dict[str, int] = json.loads((data_dir / COUNTERS_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+    return loaded
+
+
+def _save_counters_until(result: PipelineResult, path: Path, stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        try:
+            save_counters(counters(result), path)
+        except Exception as error:  # counters are a convenience; the pipeline goes on
+            LOG.warning("counters not saved: %s", error)
+
+
+def _drain(
+    result: PipelineResult, timeout: float, early_firing_seconds: int, failure: list[BaseException]
+) -> int:
     deadline = time.monotonic() + timeout
     settle = max(3.0, 2.5 * early_firing_seconds)
     previous: dict[str, int] | None = None
     stable_since = time.monotonic()
     while time.monotonic() < deadline and not failure:
-        totals = counters(result)
+        # Heartbeats keep counting while idle; everything else settles once drained.
+        totals = {name: value for name, value in counters(result).items() if name != "heartbeats"}
         if totals != previous:
             previous, stable_since = totals, time.monotonic()
         elif unwritten(totals) == (0, 0) and time.monotonic() - stable_since >= settle:

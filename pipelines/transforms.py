@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Iterable, Iterator
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import apache_beam as beam
@@ -38,8 +38,8 @@ __all__ = [
     "METRICS_NAMESPACE",
     "AggregateLedger",
     "AttributeRoyalties",
-    "DecodePlayMessages",
     "DecodeOutput",
+    "DecodePlayMessages",
     "DedupByEventId",
     "DedupOutput",
     "WritePaneFiles",
@@ -50,14 +50,14 @@ __all__ = [
 METRICS_NAMESPACE = "playledger"
 
 
-class DecodeOutput(str, Enum):
+class DecodeOutput(StrEnum):
     """Branches of ``DecodePlayMessages``."""
 
     EVENTS = "events"
     DEAD_LETTERS = "dead_letters"
 
 
-class DedupOutput(str, Enum):
+class DedupOutput(StrEnum):
     """Branches of ``DedupByEventId``."""
 
     UNIQUE = "unique"
@@ -93,7 +93,7 @@ def dead_letter(
     }
 
 
-class _DecodeFn(beam.DoFn):  # type: ignore[misc]
+class _DecodeFn(beam.DoFn):
     def __init__(self) -> None:
         self.messages = _counter("messages_read")
         self.heartbeats = _counter("heartbeats")
@@ -131,7 +131,7 @@ class _DecodeFn(beam.DoFn):  # type: ignore[misc]
             yield window.TimestampedValue(event, Timestamp.from_utc_datetime(event["received_at"]))
 
 
-class DecodePlayMessages(beam.PTransform):  # type: ignore[misc]
+class DecodePlayMessages(beam.PTransform):
     """Pub/Sub messages → play events stamped with ``received_at``, plus dead letters.
 
     Heartbeat messages (which keep an idle source moving) are counted and dropped.
@@ -145,7 +145,7 @@ class DecodePlayMessages(beam.PTransform):  # type: ignore[misc]
         )
 
 
-class _DedupFn(beam.DoFn):  # type: ignore[misc]
+class _DedupFn(beam.DoFn):
     SEEN = userstate.ReadModifyWriteStateSpec("seen", BooleanCoder())
     EXPIRY = userstate.TimerSpec("expiry", userstate.TimeDomain.WATERMARK)
 
@@ -157,7 +157,7 @@ class _DedupFn(beam.DoFn):  # type: ignore[misc]
     def process(
         self,
         keyed_event: tuple[str, dict[str, Any]],
-        timestamp: Timestamp = beam.DoFn.TimestampParam,
+        timestamp: Any = beam.DoFn.TimestampParam,
         seen: Any = beam.DoFn.StateParam(SEEN),
         expiry: Any = beam.DoFn.TimerParam(EXPIRY),
     ) -> Iterator[Any]:
@@ -177,7 +177,7 @@ class _DedupFn(beam.DoFn):  # type: ignore[misc]
         seen.clear()
 
 
-class DedupByEventId(beam.PTransform):  # type: ignore[misc]
+class DedupByEventId(beam.PTransform):
     """Keep the first copy of each ``event_id`` seen within ``dedup_horizon_hours``.
 
     Modelled on Beam's ``DeduplicatePerKey`` with an event-time timer only, in the
@@ -195,7 +195,10 @@ class DedupByEventId(beam.PTransform):  # type: ignore[misc]
         return (
             events
             | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-            | "KeyByEventId" >> beam.Map(lambda event: (event["event_id"], event))
+            | "KeyByEventId"
+            >> beam.Map(lambda event: (event["event_id"], event)).with_output_types(
+                beam.typehints.KV[str, dict[str, Any]]
+            )
             | "FirstCopyOnly"
             >> beam.ParDo(_DedupFn(self.horizon)).with_outputs(
                 DedupOutput.DUPLICATES.value, main=DedupOutput.UNIQUE.value
@@ -203,7 +206,7 @@ class DedupByEventId(beam.PTransform):  # type: ignore[misc]
         )
 
 
-class _AttributeFn(beam.DoFn):  # type: ignore[misc]
+class _AttributeFn(beam.DoFn):
     def __init__(self, min_stream_ms: int) -> None:
         self.min_stream_ms = min_stream_ms
         self.plays = _counter("plays")
@@ -221,11 +224,17 @@ class _AttributeFn(beam.DoFn):  # type: ignore[misc]
             self.unmatched.inc()
         for part in parts:
             self.parts.inc()
-            key = (part.rights_holder_id, event["track_id"], event["territory"], event["product"], part.currency)
+            key = (
+                part.rights_holder_id,
+                event["track_id"],
+                event["territory"],
+                event["product"],
+                part.currency,
+            )
             yield key, (1, int(is_stream), part.amount_micros)
 
 
-class AttributeRoyalties(beam.PTransform):  # type: ignore[misc]
+class AttributeRoyalties(beam.PTransform):
     """Unique plays → ``((rights_holder, track, territory, product, currency), (plays, streams, micros))``.
 
     A play of at least ``min_stream_ms`` is a stream and earns the catalog rate, split
@@ -252,11 +261,11 @@ _PANE_TIMING = {
 }
 
 
-class _ToLedgerRowFn(beam.DoFn):  # type: ignore[misc]
+class _ToLedgerRowFn(beam.DoFn):
     def process(
         self,
         keyed_totals: tuple[tuple[str, str, str, str, str], tuple[int, int, int]],
-        period: window.IntervalWindow = beam.DoFn.WindowParam,
+        period: Any = beam.DoFn.WindowParam,
         pane: Any = beam.DoFn.PaneInfoParam,
     ) -> Iterator[dict[str, Any]]:
         (rights_holder_id, track_id, territory, product, currency), (plays, streams, micros) = keyed_totals
@@ -293,7 +302,7 @@ def append_window(window_seconds: int, firing_seconds: int, allowed_lateness: Du
     )
 
 
-class AggregateLedger(beam.PTransform):  # type: ignore[misc]
+class AggregateLedger(beam.PTransform):
     """Attributed parts → ledger delta rows per period (fixed windows of ``received_at``).
 
     Panes discard what they emitted, so each row is a delta and balances are sums;
@@ -321,8 +330,10 @@ class AggregateLedger(beam.PTransform):  # type: ignore[misc]
         )
 
 
-class _WritePaneFn(beam.DoFn):  # type: ignore[misc]
-    def __init__(self, table: str, table_dir: str, temp_dir: str, schema: Any, sum_column: str | None) -> None:
+class _WritePaneFn(beam.DoFn):
+    def __init__(
+        self, table: str, table_dir: str, temp_dir: str, schema: Any, sum_column: str | None
+    ) -> None:
         self.table_dir = table_dir
         self.temp_dir = temp_dir
         self.schema = schema
@@ -357,7 +368,7 @@ class _WritePaneFn(beam.DoFn):  # type: ignore[misc]
         yield path
 
 
-class WritePaneFiles(beam.PTransform):  # type: ignore[misc]
+class WritePaneFiles(beam.PTransform):
     """Append each pane's rows as Parquet files under ``table_dir/<column>=<period>/``.
 
     ``time_column`` picks the row's partition; files are written to ``temp_dir`` (keep
@@ -394,5 +405,7 @@ class WritePaneFiles(beam.PTransform):  # type: ignore[misc]
             | "KeyByPartition" >> beam.Map(lambda row: (partition_name(column, row[time_column]), row))
             | "GroupPane" >> beam.GroupByKey()
             | "WriteFile"
-            >> beam.ParDo(_WritePaneFn(self.table, self.table_dir, self.temp_dir, self.schema, self.sum_column))
+            >> beam.ParDo(
+                _WritePaneFn(self.table, self.table_dir, self.temp_dir, self.schema, self.sum_column)
+            )
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +39,23 @@ def pubsub_names(pubsub_emulator: str) -> PubSubNames:
     )
     ensure_topology(names)
     return names
+
+
+@pytest.fixture
+def tiny_catalog(tmp_path: Path) -> Path:
+    """T1: RH_A 66.67 % / RH_B 33.33 %; T2: RH_B alone. Rates: SE premium 1000, fallback 500/100."""
+    directory = tmp_path / "catalog"
+    directory.mkdir()
+    (directory / "tracks.csv").write_text(
+        "track_id,title,artist,duration_ms\nT1,One,Band,200000\nT2,Two,Band,180000\n"
+    )
+    (directory / "rights_holders.csv").write_text(
+        "rights_holder_id,name,role\nRH_A,Label A,label\nRH_B,Publisher B,publisher\n"
+    )
+    (directory / "splits.csv").write_text(
+        "track_id,rights_holder_id,share_bps\nT1,RH_A,6667\nT1,RH_B,3333\nT2,RH_B,10000\n"
+    )
+    (directory / "rates.csv").write_text(
+        "territory,product,rate_micros,currency\nSE,premium,1000,USD\n*,premium,500,USD\n*,free,100,USD\n"
+    )
+    return directory

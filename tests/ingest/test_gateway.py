@@ -22,10 +22,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import google.cloud.pubsub_v1 as pubsub_v1
 import pytest
 from aiohttp import web
 from google.api_core import exceptions as gexc
-from google.cloud import pubsub_v1
 
 from ingest.gateway import EventPublisher, GatewaySettings, create_app
 from ingest.pubsub import PubSubNames, free_port

@@ -8,14 +8,13 @@ from typing import Any
 
 import apache_beam as beam
 import duckdb
-import pytest
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
 from apache_beam.transforms.window import IntervalWindow, TimestampedValue
-from conftest import EPOCH, message, play
+from sample_plays import EPOCH, message, play
 
 from pipelines.config import PipelineConfig
 from pipelines.streaming import Sinks, build, parquet_sinks
@@ -37,8 +36,12 @@ def config(catalog: Path) -> PipelineConfig:
 def summary(row: dict[str, Any]) -> tuple[Any, ...]:
     """What a ledger row says, without the write time."""
     return (
-        row["rights_holder_id"], row["track_id"], row["plays"], row["streams"],
-        row["amount_micros"], row["pane_timing"],
+        row["rights_holder_id"],
+        row["track_id"],
+        row["plays"],
+        row["streams"],
+        row["amount_micros"],
+        row["pane_timing"],
     )
 
 
@@ -155,12 +158,12 @@ def test_ledger_and_dead_letters_land_as_parquet(tiny_catalog: Path, tmp_path: P
     ledger_files = sorted((data_dir / "ledger").glob("period=*/*.parquet"))
     assert [f.parent.name for f in ledger_files] == ["period=20261101T000000Z", "period=20261101T000100Z"]
     assert not list((data_dir / "ledger").rglob("*.tmp*")), "temp files must stay outside the table"
-    balances = duckdb.sql(
+    balances = duckdb.execute(
         f"SELECT rights_holder_id, sum(plays), sum(streams), sum(amount_micros) "
         f"FROM read_parquet('{data_dir}/ledger/*/*.parquet') GROUP BY ALL ORDER BY ALL"
     ).fetchall()
     assert balances == [("RH_A", 3, 3, 3 * 667), ("RH_B", 4, 4, 3 * 333 + 1000)]
-    dead = duckdb.sql(
+    dead = duckdb.execute(
         f"SELECT stage, batch_id FROM read_parquet('{data_dir}/dead_letters/*/*.parquet')"
     ).fetchall()
     assert dead == [("decode", "b-junk")]

@@ -1,0 +1,175 @@
+"""The local stack behind ``playledger up`` and ``playledger demo``.
+
+Starts the Pub/Sub emulator (unless ``PUBSUB_EMULATOR_HOST`` names one), creates the
+topic and subscriptions, then runs the gateway and the streaming pipeline as child
+processes. ``stop()`` shuts down in the order that loses nothing: the gateway first
+(no new events), then the pipeline (it writes out what it has read), then the emulator.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from ingest.pubsub import EMULATOR_ENV, Emulator, PubSubNames, ensure_topology
+from ingest.settings import API_KEYS_ENV, parse_api_keys
+
+__all__ = ["LocalStack", "StackError", "StackSettings"]
+
+LOG = logging.getLogger(__name__)
+
+
+class StackError(RuntimeError):
+    """A part of the local stack failed to start or died."""
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """What ``playledger up`` runs: where, on which port, and the pipeline's flags."""
+
+    data_dir: Path
+    gateway_port: int = 8080
+    pipeline_args: Sequence[str] = ()
+    log_dir: Path | None = None  # None: children log to this process's stderr
+    api_keys: frozenset[str] = field(default_factory=frozenset)
+    start_timeout_seconds: float = 60.0
+    stop_timeout_seconds: float = 180.0
+
+
+class LocalStack:
+    """Emulator, gateway and streaming pipeline, started and stopped together."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.names = PubSubNames()
+        self.data_dir = settings.data_dir.resolve()
+        self.api_key = ""
+        self._emulator: Emulator | None = None
+        self._env = dict(os.environ)
+        self._gateway: subprocess.Popen[bytes] | None = None
+        self._pipeline: subprocess.Popen[bytes] | None = None
+        self._logs: list[IO[bytes]] = []
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.gateway_port}"
+
+    def start(self) -> LocalStack:
+        """Start every part; return once the gateway answers ``/healthz``."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self._env.get(EMULATOR_ENV):
+            self._emulator = Emulator().start()
+            self._env[EMULATOR_ENV] = self._emulator.host
+            LOG.info("Pub/Sub emulator on %s (pid %s)", self._emulator.host, self._emulator.pid)
+        os.environ[EMULATOR_ENV] = self._env[EMULATOR_ENV]
+        ensure_topology(self.names)
+        keys = self.settings.api_keys or parse_api_keys(self._env.get(API_KEYS_ENV, ""))
+        if not keys:
+            # A local key made for this run only; clients of `up` read it from the data dir.
+            keys = frozenset({f"local-{secrets.token_urlsafe(18)}"})
+        self.api_key = sorted(keys)[0]
+        self._env[API_KEYS_ENV] = ",".join(sorted(keys))
+        key_file = self.data_dir / "local-api-key"
+        key_file.write_text(self.api_key + "\n")
+        key_file.chmod(0o600)
+        self._pipeline = self._spawn(
+            "pipeline",
+            ["pipeline", "stream", "--data-dir", str(self.data_dir), *self.settings.pipeline_args],
+        )
+        self._gateway = self._spawn("gateway", ["gateway", "--port", str(self.settings.gateway_port)])
+        try:
+            for attempt in Retrying(
+                stop=stop_after_delay(self.settings.start_timeout_seconds),
+                wait=wait_fixed(0.2),
+                retry=retry_if_exception_type(OSError),
+                reraise=True,
+            ):
+                with attempt:
+                    self.check()
+                    with urllib.request.urlopen(f"{self.gateway_url}/healthz", timeout=1) as response:
+                        response.read()
+        except (OSError, StackError) as error:
+            self.stop()
+            raise StackError(f"the local stack did not start: {error}") from None
+        LOG.info("gateway ready on %s", self.gateway_url)
+        return self
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        output: IO[bytes] | None = None
+        if self.settings.log_dir is not None:
+            self.settings.log_dir.mkdir(parents=True, exist_ok=True)
+            output = (self.settings.log_dir / f"{name}.log").open("ab")
+            self._logs.append(output)
+        # A session of its own: a Ctrl-C at the terminal reaches only this process,
+        # which then stops the children in the order that loses nothing.
+        return subprocess.Popen(
+            [sys.executable, "-m", "pipelines.cli", *args],
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT if output is not None else None,
+            start_new_session=True,
+        )
+
+    def check(self) -> None:
+        """Raise ``StackError`` if the gateway or the pipeline has exited."""
+        for name, process in (("gateway", self._gateway), ("pipeline", self._pipeline)):
+            if process is not None and process.poll() is not None:
+                raise StackError(f"the {name} exited with status {process.returncode}{self._log_hint(name)}")
+
+    def _log_hint(self, name: str) -> str:
+        if self.settings.log_dir is None:
+            return ""
+        path = self.settings.log_dir / f"{name}.log"
+        with contextlib.suppress(OSError):
+            tail = path.read_text(errors="replace").strip().splitlines()[-15:]
+            return f" (see {path}):\n" + "\n".join(tail)
+        return ""
+
+    def stop(self) -> int:
+        """Stop gateway, then pipeline (after it writes out), then emulator; worst exit status."""
+        status = 0
+        for name in ("gateway", "pipeline"):
+            process = self._gateway if name == "gateway" else self._pipeline
+            if process is None:
+                continue
+            if process.poll() is None:
+                LOG.info("stopping the %s", name)
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=self.settings.stop_timeout_seconds)
+                except subprocess.TimeoutExpired:
+                    LOG.error("the %s did not stop in time: killing it", name)
+                    process.kill()
+                    process.wait()
+            if process.returncode not in (0, -signal.SIGTERM):
+                LOG.error("the %s exited with status %s", name, process.returncode)
+                status = max(status, 1)
+        self._gateway = self._pipeline = None
+        if self._emulator is not None:
+            self._emulator.stop()
+            self._emulator = None
+            os.environ.pop(EMULATOR_ENV, None)
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+        return status
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
