@@ -95,10 +95,8 @@ def generate_traffic(catalog: Catalog, plays: int, seed: int, now: dt.datetime) 
             track_id = rng.choices(tracks, popularity)[0]
             duration_ms = catalog.tracks[track_id].duration_ms
         skipped = rng.random() < 0.22
-        if skipped:
-            ms_played = rng.randrange(1_000, 30_000)
-        else:
-            ms_played = rng.randrange(30_000, max(30_001, duration_ms))
+        low, high = (1_000, 30_000) if skipped else (30_000, max(30_001, duration_ms))
+        ms_played = rng.randrange(low, high)
         offline = rng.random() < 0.05
         ago = dt.timedelta(days=rng.uniform(0.5, 3)) if offline else dt.timedelta(minutes=rng.uniform(1, 60))
         unique.append(

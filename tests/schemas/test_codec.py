@@ -45,7 +45,8 @@ def event(index: int = 0, **changes: Any) -> dict[str, Any]:
 
 
 def released_versions() -> list[int]:
-    return sorted(int(path.stem.split(".v")[1]) for path in (SCHEMA_DIR / "versions").glob("play_event.v*.avsc"))
+    paths = (SCHEMA_DIR / "versions").glob("play_event.v*.avsc")
+    return sorted(int(path.stem.split(".v")[1]) for path in paths)
 
 
 def test_a_batch_round_trips_exactly() -> None:
@@ -129,4 +130,6 @@ def test_a_breaking_change_would_be_caught() -> None:
     broken["fields"].append({"name": "label_id", "type": "string"})
     old_bytes = _write(_project(event(1), current), current)
     with pytest.raises(Exception, match="label_id"):
-        fastavro.schemaless_reader(io.BytesIO(old_bytes), fastavro.parse_schema(current), fastavro.parse_schema(broken))
+        fastavro.schemaless_reader(
+            io.BytesIO(old_bytes), fastavro.parse_schema(current), fastavro.parse_schema(broken)
+        )
