@@ -32,7 +32,7 @@ from ledger.allocation import attribute_play
 from ledger.catalog import DEFAULT_CATALOG_DIR, FALLBACK_TERRITORY, Catalog
 from ledger.views import open_ledger, run_sql
 from pipelines.stack import LocalStack, StackSettings
-from pipelines.streaming import load_counters
+from pipelines.supervisor import load_counters
 
 __all__ = ["Traffic", "generate_traffic", "run_demo"]
 

@@ -21,22 +21,14 @@ On Dataflow (``--heartbeat-seconds 0``: Dataflow's source watermark needs no hel
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import signal
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import ReadFromPubSub
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.runners.runner import PipelineResult
 from apache_beam.utils.timestamp import Duration
 
 from ingest.pubsub import PubSubNames
@@ -44,8 +36,8 @@ from ledger.catalog import Catalog
 from ledger.tables import DEAD_LETTER_SCHEMA, DEAD_LETTERS_DIR, LEDGER_DIR, LEDGER_SCHEMA
 from pipelines.config import PipelineConfig
 from pipelines.direct_runner import DIRECT_RUNNERS, mend_direct_runner_metrics
+from pipelines.supervisor import COUNTERS_FILE, SupervisorSettings, supervise
 from pipelines.transforms import (
-    METRICS_NAMESPACE,
     AggregateLedger,
     AttributeRoyalties,
     DecodeOutput,
@@ -60,16 +52,12 @@ __all__ = [
     "PipelineOutputs",
     "Sinks",
     "build",
-    "counters",
-    "load_counters",
     "parquet_sinks",
     "run",
     "supervise",
 ]
 
 LOG = logging.getLogger(__name__)
-
-COUNTERS_FILE = "metrics/pipeline_counters.json"
 
 
 @dataclass(frozen=True)
@@ -141,27 +129,6 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
     return PipelineOutputs(ledger_rows, dead_letters, deduped[DedupOutput.DUPLICATES.value])
 
 
-def counters(result: PipelineResult) -> dict[str, int]:
-    """The pipeline's committed counters, summed over steps."""
-    totals: dict[str, int] = {}
-    query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
-    for counter in query["counters"]:
-        value = counter.attempted if counter.committed is None else counter.committed
-        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
-    return totals
-
-
-def unwritten(totals: dict[str, int]) -> tuple[int, int]:
-    """(attributed parts not yet in the ledger, dead letters not yet written)."""
-    parts = totals.get("attributed_parts", 0) - totals.get("ledger_plays_written", 0)
-    dead = (
-        totals.get("messages_undecodable", 0)
-        + totals.get("events_invalid", 0)
-        - totals.get("dead_letters_rows_written", 0)
-    )
-    return parts, dead
-
-
 def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(prog="playledger pipeline stream", description=__doc__.split("\n")[0])
     names = PubSubNames()
@@ -196,31 +163,6 @@ def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
     )
 
 
-class _Heartbeat(threading.Thread):
-    """Publishes an empty heartbeat message every ``interval`` seconds until stopped."""
-
-    def __init__(self, topic: str, interval: float) -> None:
-        super().__init__(name="heartbeat", daemon=True)
-        self.topic = topic
-        self.interval = interval
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        import google.cloud.pubsub_v1 as pubsub_v1
-
-        from schemas.codec import ATTR_KIND, KIND_HEARTBEAT
-
-        publisher = pubsub_v1.PublisherClient()
-        try:
-            while not self.stopped.wait(self.interval):
-                try:
-                    publisher.publish(self.topic, b"", **{ATTR_KIND: KIND_HEARTBEAT}).result(timeout=10)
-                except Exception as error:  # a missed heartbeat only delays panes
-                    LOG.warning("heartbeat not published: %s", error)
-        finally:
-            publisher.stop()
-
-
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the streaming pipeline until SIGINT/SIGTERM, then write out what it read."""
     args, beam_args = _parse_args(argv)
@@ -239,120 +181,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         config,
     )
     result = pipeline.run()
-    counters_path = None if "://" in args.data_dir else Path(args.data_dir) / COUNTERS_FILE
     return supervise(
         result,
-        args.heartbeat_seconds,
-        args.topic,
-        args.drain_timeout_seconds,
-        config.early_firing_seconds,
-        counters_path,
+        SupervisorSettings(
+            topic=args.topic,
+            heartbeat_seconds=args.heartbeat_seconds,
+            drain_timeout_seconds=args.drain_timeout_seconds,
+            early_firing_seconds=config.early_firing_seconds,
+            counters_path=None if "://" in args.data_dir else Path(args.data_dir) / COUNTERS_FILE,
+        ),
     )
-
-
-def supervise(
-    result: PipelineResult,
-    heartbeat_seconds: float,
-    topic: str,
-    drain_timeout_seconds: float,
-    early_firing_seconds: int,
-    counters_path: Path | None = None,
-) -> int:
-    """Watch a running pipeline; on SIGINT/SIGTERM write out what it read, then cancel it.
-
-    The direct runner cannot drain and leaves a failed pipeline RUNNING, so a thread
-    waits on it to see a failure, and a stop waits until every part that was attributed
-    is in the ledger (counters), unchanged over a few trigger periods. While it runs,
-    the counters are saved to ``counters_path`` every second for local tools to read.
-    """
-    stop = threading.Event()
-    failure: list[BaseException] = []
-
-    def watch() -> None:
-        try:
-            result.wait_until_finish()
-        except BaseException as error:
-            failure.append(error)
-        stop.set()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        LOG.info("signal %s: writing out what was read, then stopping", signum)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    heartbeat = _Heartbeat(topic, heartbeat_seconds) if heartbeat_seconds > 0 else None
-    if heartbeat is not None:
-        heartbeat.start()
-    threading.Thread(target=watch, name="pipeline-watch", daemon=True).start()
-    if counters_path is not None:
-        threading.Thread(
-            target=_save_counters_until, args=(result, counters_path, stop), name="counters", daemon=True
-        ).start()
-    LOG.info("pipeline running")
-    stop.wait()
-    if failure:
-        LOG.error("pipeline failed: %s", failure[0])
-        if heartbeat is not None:
-            heartbeat.stopped.set()
-        return 1
-    code = _drain(result, drain_timeout_seconds, early_firing_seconds, failure)
-    if counters_path is not None:
-        save_counters(counters(result), counters_path)
-    # Cancel while heartbeats still flow: an idle pull would hold the cancel for 30 s.
-    try:
-        result.cancel()
-    except Exception as error:
-        LOG.warning("cancel: %s", error)
-    if heartbeat is not None:
-        heartbeat.stopped.set()
-    return code
-
-
-def save_counters(totals: dict[str, int], path: Path) -> None:
-    """Write counters as JSON atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(".tmp")
-    temp.write_text(json.dumps(totals, sort_keys=True, indent=1))
-    os.replace(temp, path)
-
-
-def load_counters(data_dir: Path) -> dict[str, int]:
-    """The counters a local pipeline last saved under ``data_dir`` (empty before the first save)."""
-    try:
-        loaded: dict[str, int] = json.loads((data_dir / COUNTERS_FILE).read_text())
-    except FileNotFoundError:
-        return {}
-    return loaded
-
-
-def _save_counters_until(result: PipelineResult, path: Path, stop: threading.Event) -> None:
-    while not stop.wait(1.0):
-        try:
-            save_counters(counters(result), path)
-        except Exception as error:  # counters are a convenience; the pipeline goes on
-            LOG.warning("counters not saved: %s", error)
-
-
-def _drain(
-    result: PipelineResult, timeout: float, early_firing_seconds: int, failure: list[BaseException]
-) -> int:
-    deadline = time.monotonic() + timeout
-    settle = max(3.0, 2.5 * early_firing_seconds)
-    previous: dict[str, int] | None = None
-    stable_since = time.monotonic()
-    while time.monotonic() < deadline and not failure:
-        # Heartbeats keep counting while idle; everything else settles once drained.
-        totals = {name: value for name, value in counters(result).items() if name != "heartbeats"}
-        if totals != previous:
-            previous, stable_since = totals, time.monotonic()
-        elif unwritten(totals) == (0, 0) and time.monotonic() - stable_since >= settle:
-            LOG.info("drained: %s", totals)
-            return 0
-        time.sleep(0.5)
-    if failure:
-        LOG.error("pipeline failed while draining: %s", failure[0])
-        return 1
-    parts, dead = unwritten(previous or {})
-    LOG.error("stopped before everything read was written: %d ledger parts, %d dead letters", parts, dead)
-    return 2

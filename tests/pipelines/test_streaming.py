@@ -167,3 +167,35 @@ def test_ledger_and_dead_letters_land_as_parquet(tiny_catalog: Path, tmp_path: P
         f"SELECT stage, batch_id FROM read_parquet('{data_dir}/dead_letters/*/*.parquet')"
     ).fetchall()
     assert dead == [("decode", "b-junk")]
+
+
+def test_dedup_state_expires_after_the_horizon(tiny_catalog: Path) -> None:
+    """Within the horizon a copy is a duplicate; past it the state is gone (bounded memory)."""
+    first = play("T2", received_second=10)
+    within = dict(first, received_at=EPOCH + dt.timedelta(minutes=50))
+    beyond = dict(first, received_at=EPOCH + dt.timedelta(hours=1, minutes=5))
+    stream = (
+        TestStream()
+        .advance_watermark_to(BASE)
+        .add_elements([at(10, message(first))])
+        .advance_watermark_to(BASE + 50 * 60 - 1)
+        .add_elements([at(50 * 60, message(within))])
+        .advance_watermark_to(BASE + 3600 + 60)  # past first copy + 1 h: its state expires
+        .add_elements([at(3600 + 300, message(beyond))])
+        .advance_watermark_to_infinity()
+    )
+    one_hour = PipelineConfig(
+        period_seconds=PERIOD, early_firing_seconds=5, dedup_horizon_hours=1, catalog_dir=tiny_catalog
+    )
+    with streaming_pipeline() as p:
+        outputs = build(p, stream, Sinks(), one_hour)
+        assert_that(
+            outputs.duplicates | beam.Map(lambda event: event["received_at"]),
+            equal_to([within["received_at"]]),
+            label="OnlyTheCopyWithinTheHorizon",
+        )
+        assert_that(
+            outputs.ledger_rows | beam.Map(lambda row: (row["period_start"], row["plays"])),
+            equal_to([(EPOCH, 1), (EPOCH + dt.timedelta(hours=1, minutes=5), 1)]),
+            label="CountedAgainPastTheHorizon",
+        )

@@ -1,0 +1,207 @@
+"""Running a streaming pipeline on the direct runner: watch it, keep it moving, stop it whole.
+
+The direct runner cannot drain, leaves a failed pipeline RUNNING and lets an idle
+Pub/Sub pull block for 30 s. ``supervise`` makes up for all three: a thread waits on
+the pipeline to see a failure, heartbeats keep the source pulling so panes fire on
+time, and a stop waits until every part that was attributed is in the ledger
+(counters), unchanged over a few trigger periods, before it cancels the pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.runners.runner import PipelineResult
+
+from pipelines.transforms import METRICS_NAMESPACE
+
+__all__ = ["COUNTERS_FILE", "SupervisorSettings", "counters", "load_counters", "save_counters", "supervise"]
+
+LOG = logging.getLogger(__name__)
+
+COUNTERS_FILE = "metrics/pipeline_counters.json"
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    """How to watch one pipeline run."""
+
+    topic: str
+    heartbeat_seconds: float = 1.0
+    drain_timeout_seconds: float = 120.0
+    early_firing_seconds: int = 5
+    counters_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_seconds < 0 or self.drain_timeout_seconds <= 0 or self.early_firing_seconds <= 0:
+            raise ValueError("heartbeat_seconds must be >= 0; drain and firing periods positive")
+
+
+def counters(result: PipelineResult) -> dict[str, int]:
+    """The pipeline's committed counters, summed over steps."""
+    totals: dict[str, int] = {}
+    query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    for counter in query["counters"]:
+        value = counter.attempted if counter.committed is None else counter.committed
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    return totals
+
+
+def unwritten(totals: dict[str, int]) -> tuple[int, int]:
+    """(attributed parts not yet in the ledger, dead letters not yet written)."""
+    parts = totals.get("attributed_parts", 0) - totals.get("ledger_plays_written", 0)
+    dead = (
+        totals.get("messages_undecodable", 0)
+        + totals.get("events_invalid", 0)
+        - totals.get("dead_letters_rows_written", 0)
+    )
+    return parts, dead
+
+
+class _Heartbeat(threading.Thread):
+    """Publishes an empty heartbeat message every ``interval`` seconds until stopped."""
+
+    def __init__(self, topic: str, interval: float) -> None:
+        super().__init__(name="heartbeat", daemon=True)
+        self.topic = topic
+        self.interval = interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        import google.cloud.pubsub_v1 as pubsub_v1
+
+        from schemas.codec import ATTR_KIND, KIND_HEARTBEAT
+
+        publisher = pubsub_v1.PublisherClient()
+        try:
+            while not self.stopped.wait(self.interval):
+                try:
+                    publisher.publish(self.topic, b"", **{ATTR_KIND: KIND_HEARTBEAT}).result(timeout=10)
+                except Exception as error:  # a missed heartbeat only delays panes
+                    LOG.warning("heartbeat not published: %s", error)
+        finally:
+            publisher.stop()
+
+
+class _Supervisor:
+    def __init__(self, result: PipelineResult, settings: SupervisorSettings) -> None:
+        self.result = result
+        self.settings = settings
+        self.stop = threading.Event()
+        self.failure: list[BaseException] = []
+
+    def watch(self) -> None:
+        try:
+            self.result.wait_until_finish()
+        except BaseException as error:
+            self.failure.append(error)
+        self.stop.set()
+
+    def on_signal(self, signum: int, _frame: Any) -> None:
+        LOG.info("signal %s: writing out what was read, then stopping", signum)
+        self.stop.set()
+
+    def run(self) -> int:
+        settings = self.settings
+        heartbeat = (
+            _Heartbeat(settings.topic, settings.heartbeat_seconds) if settings.heartbeat_seconds else None
+        )
+        if heartbeat is not None:
+            heartbeat.start()
+        threading.Thread(target=self.watch, name="pipeline-watch", daemon=True).start()
+        if settings.counters_path is not None:
+            threading.Thread(
+                target=_save_counters_until,
+                args=(self.result, settings.counters_path, self.stop),
+                name="counters",
+                daemon=True,
+            ).start()
+        LOG.info("pipeline running")
+        try:
+            self.stop.wait()
+            if self.failure:
+                LOG.error("pipeline failed: %s", self.failure[0])
+                return 1
+            code = self.drain()
+            if settings.counters_path is not None:
+                save_counters(counters(self.result), settings.counters_path)
+            # Cancel while heartbeats still flow: an idle pull would hold the cancel for 30 s.
+            try:
+                self.result.cancel()
+            except Exception as error:
+                LOG.warning("cancel: %s", error)
+            return code
+        finally:
+            if heartbeat is not None:
+                heartbeat.stopped.set()
+
+    def drain(self) -> int:
+        deadline = time.monotonic() + self.settings.drain_timeout_seconds
+        settle = max(3.0, 2.5 * self.settings.early_firing_seconds)
+        previous: dict[str, int] | None = None
+        stable_since = time.monotonic()
+        while time.monotonic() < deadline and not self.failure:
+            # Heartbeats keep counting while idle; everything else settles once drained.
+            totals = {name: value for name, value in counters(self.result).items() if name != "heartbeats"}
+            if totals != previous:
+                previous, stable_since = totals, time.monotonic()
+            elif unwritten(totals) == (0, 0) and time.monotonic() - stable_since >= settle:
+                LOG.info("drained: %s", totals)
+                return 0
+            time.sleep(0.5)
+        if self.failure:
+            LOG.error("pipeline failed while draining: %s", self.failure[0])
+            return 1
+        parts, dead = unwritten(previous or {})
+        LOG.error("stopped before everything read was written: %d ledger parts, %d dead letters", parts, dead)
+        return 2
+
+
+def supervise(result: PipelineResult, settings: SupervisorSettings) -> int:
+    """Watch a running pipeline until it fails (1) or SIGINT/SIGTERM; then write out and cancel.
+
+    Returns 0 when everything read was written, 2 when the drain timed out.
+    """
+    supervisor = _Supervisor(result, settings)
+    previous = {
+        signum: signal.signal(signum, supervisor.on_signal) for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        return supervisor.run()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def save_counters(totals: dict[str, int], path: Path) -> None:
+    """Write counters as JSON atomically (temp file, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(".tmp")
+    temp.write_text(json.dumps(totals, sort_keys=True, indent=1))
+    os.replace(temp, path)
+
+
+def load_counters(data_dir: Path) -> dict[str, int]:
+    """The counters a local pipeline last saved under ``data_dir`` (empty before the first save)."""
+    try:
+        loaded: dict[str, int] = json.loads((data_dir / COUNTERS_FILE).read_text())
+    except FileNotFoundError:
+        return {}
+    return loaded
+
+
+def _save_counters_until(result: PipelineResult, path: Path, stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        try:
+            save_counters(counters(result), path)
+        except Exception as error:  # counters are a convenience; the pipeline goes on
+            LOG.warning("counters not saved: %s", error)
