@@ -274,7 +274,8 @@ def run_demo(
     console.print(
         f"[dim]rejections by field: {dict(problems)}; {traffic.sent / send_seconds:,.0f} events/s through "
         f"the gateway; ledger caught up {caught_up:.1f} s after the first send; "
-        f"{time.monotonic() - started:.1f} s in all; data in {data_dir}[/dim]"
+        f"{time.monotonic() - started:.1f} s in all; query it: playledger ledger sql --data-dir {data_dir} "
+        f'"SELECT * FROM balances"[/dim]'
     )
     ok = (
         mismatches == 0
