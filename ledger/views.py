@@ -25,10 +25,7 @@ from ledger.tables import DEAD_LETTER_SCHEMA, DEAD_LETTERS_DIR, LEDGER_DIR, LEDG
 
 __all__ = ["QueryResult", "ReadOnlyQueryError", "open_ledger", "run_sql"]
 
-_READ_STATEMENTS = {
-    duckdb.StatementType.SELECT,
-    duckdb.StatementType.EXPLAIN,
-}
+_READ_STATEMENTS = {duckdb.StatementType.SELECT}
 
 
 class ReadOnlyQueryError(ValueError):
@@ -37,22 +34,23 @@ class ReadOnlyQueryError(ValueError):
 
 def _table_source(
     connection: duckdb.DuckDBPyConnection, directory: Path, empty_name: str, schema: pa.Schema
-) -> str:
-    files = sorted(directory.glob("*/*.parquet"))
+) -> tuple[str, list[str]]:
+    """SQL for one table's files as they are now, and the files it reads."""
+    files = [path.as_posix() for path in sorted(directory.glob("*/*.parquet"))]
     if files:
-        pattern = f"{directory.as_posix()}/*/*.parquet"
-        return f"read_parquet('{pattern}', hive_partitioning = false, union_by_name = true)"
+        listed = ", ".join("'" + path.replace("'", "''") + "'" for path in files)
+        return f"read_parquet([{listed}], hive_partitioning = false, union_by_name = true)", files
     # A glob that matches nothing is an error in DuckDB: an empty table of the same shape instead.
     connection.register(empty_name, schema.empty_table())
-    return empty_name
+    return empty_name, []
 
 
 def open_ledger(data_dir: Path | str) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the ``ledger``, ``balances`` and ``dead_letters`` views."""
     data = Path(data_dir).resolve()
     connection = duckdb.connect(":memory:")
-    ledger_source = _table_source(connection, data / LEDGER_DIR, "_ledger_empty", LEDGER_SCHEMA)
-    dead_source = _table_source(
+    ledger_source, ledger_files = _table_source(connection, data / LEDGER_DIR, "_ledger_empty", LEDGER_SCHEMA)
+    dead_source, dead_files = _table_source(
         connection, data / DEAD_LETTERS_DIR, "_dead_letters_empty", DEAD_LETTER_SCHEMA
     )
     connection.execute(
@@ -79,8 +77,8 @@ def open_ledger(data_dir: Path | str) -> duckdb.DuckDBPyConnection:
         """
     )
     connection.execute(f"CREATE VIEW dead_letters AS SELECT * FROM {dead_source}")
-    allowed = [f"{(data / name).as_posix()}/" for name in (LEDGER_DIR, DEAD_LETTERS_DIR)]
-    connection.execute("SET allowed_directories = ?", [allowed])
+    # Only the files the views were made of may be opened, and no new path can be written.
+    connection.execute("SET allowed_paths = ?", [ledger_files + dead_files])
     connection.execute("SET enable_external_access = false")
     connection.execute("SET lock_configuration = true")
     return connection
@@ -94,13 +92,22 @@ class QueryResult:
         self.rows = list(rows)
 
 
+def _is_plain_explain(connection: duckdb.DuckDBPyConnection, query: str) -> bool:
+    """EXPLAIN of a query that reads; EXPLAIN ANALYZE runs its statement, so it is not one."""
+    words = query.strip().split(None, 2)
+    if len(words) < 2 or words[0].upper() != "EXPLAIN" or words[1].upper() == "ANALYZE":
+        return False
+    inner = connection.extract_statements(query.strip()[len(words[0]) :])
+    return len(inner) == 1 and inner[0].type in _READ_STATEMENTS
+
+
 def run_sql(connection: duckdb.DuckDBPyConnection, sql: str) -> QueryResult:
     """Run read-only SQL (one or more statements); return the last statement's result."""
     statements = connection.extract_statements(sql)
     if not statements:
         raise ReadOnlyQueryError("no SQL statement given")
     for statement in statements:
-        if statement.type not in _READ_STATEMENTS:
+        if statement.type not in _READ_STATEMENTS and not _is_plain_explain(connection, statement.query):
             raise ReadOnlyQueryError(
                 f"only queries that read are allowed here, not {statement.type.name}: "
                 f"{statement.query.strip()[:80]}"

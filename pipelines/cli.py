@@ -132,6 +132,13 @@ def _cmd_ledger_sql(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port between 1 and 65535, got {port}")
+    return port
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="playledger", description="Play events in, an exact royalty ledger out."
@@ -146,7 +153,7 @@ def _parser() -> argparse.ArgumentParser:
         "go to the streaming pipeline.",
     )
     up.add_argument("--data-dir", required=True)
-    up.add_argument("--gateway-port", type=int, default=8080)
+    up.add_argument("--gateway-port", type=_port, default=8080)
     up.set_defaults(handler=_cmd_up, takes_extra=True)
 
     demo = commands.add_parser("demo", help="send generated plays through the stack and print balances")

@@ -1,0 +1,257 @@
+"""Gateway → Pub/Sub → streaming pipeline → Parquet ledger, in one process, on the real emulator.
+
+The gateway app is served over real HTTP from a background event loop, the streaming
+pipeline runs on the BundleBasedDirectRunner reading the test's own subscription, and
+the ledger it appends is read back through the DuckDB views. Expected balances come
+from ``reference_royalties``, which shares no code with ``ledger/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import google.cloud.pubsub_v1 as pubsub_v1
+import pytest
+from aiohttp import web
+from apache_beam.io.gcp.pubsub import ReadFromPubSub
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineResult
+from reference_royalties import UNMATCHED, Balance, ReferenceCatalog, expected_balances
+
+from ingest.gateway import EventPublisher, GatewaySettings, create_app
+from ingest.pubsub import PubSubNames
+from ledger.catalog import DEFAULT_CATALOG_DIR
+from ledger.views import open_ledger, run_sql
+from pipelines.config import PipelineConfig
+from pipelines.direct_runner import mend_direct_runner_metrics
+from pipelines.streaming import build, parquet_sinks
+from pipelines.supervisor import counters
+from schemas.codec import ATTR_KIND, KIND_HEARTBEAT
+
+pytestmark = pytest.mark.emulator
+
+API_KEY = "integration-key-5d1e9c2a"
+DEADLINE_SECONDS = 60.0
+HEARTBEAT_SECONDS = 0.5
+
+
+class ServedGateway:
+    """``create_app`` served on 127.0.0.1:<free port> by an event loop in a thread."""
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
+        self.port = 0
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as error:  # reported by start()
+            self._error = error
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        runner = web.AppRunner(self._app, shutdown_timeout=5)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, "127.0.0.1", 0).start()
+            self.port = runner.addresses[0][1]
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._ready.set()
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+
+    def start(self) -> ServedGateway:
+        self._thread.start()
+        if not self._ready.wait(timeout=10) or self._error is not None:
+            raise RuntimeError(f"gateway did not start: {self._error!r}")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=10)
+
+    def post(self, events: list[dict[str, Any]]) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/v1/events",
+            data=json.dumps({"events": events}).encode(),
+            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=20) as response:
+            assert response.status == 200
+            reply: dict[str, Any] = json.load(response)
+            return reply
+
+
+class Heartbeats(threading.Thread):
+    """Heartbeat messages every ``HEARTBEAT_SECONDS``: an idle direct-runner pull blocks up to 30 s."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(name="heartbeats", daemon=True)
+        self.topic = topic
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        publisher = pubsub_v1.PublisherClient()
+        try:
+            while not self.stopped.wait(HEARTBEAT_SECONDS):
+                publisher.publish(self.topic, b"", **{ATTR_KIND: KIND_HEARTBEAT}).result(timeout=10)
+        finally:
+            publisher.stop()
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join(timeout=15)
+
+
+class PipelineWatch(threading.Thread):
+    """Waits on the pipeline: the direct runner leaves a failed pipeline RUNNING."""
+
+    def __init__(self, result: PipelineResult) -> None:
+        super().__init__(name="pipeline-watch", daemon=True)
+        self.result = result
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result.wait_until_finish()
+        except BaseException as error:
+            self.failure = error
+
+
+def event(
+    track_id: str, ms_played: int = 185_000, territory: str = "US", product: str = "premium"
+) -> dict[str, Any]:
+    return {
+        "event_id": str(uuid.uuid4()),
+        "user_id": "user-integration",
+        "track_id": track_id,
+        "played_at": "2026-11-28T07:00:00+01:00",
+        "ms_played": ms_played,
+        "territory": territory,
+        "product": product,
+        "context": "album",
+        "bitrate_kbps": 320,
+        "offline": False,
+        "device": "test-rig",
+    }
+
+
+def ledger_parts(data_dir: Path) -> int:
+    """Attributed parts in the ledger so far (each part counts one play)."""
+    [(plays,)] = run_sql(open_ledger(data_dir), "SELECT coalesce(sum(plays), 0) FROM ledger").rows
+    return int(plays)
+
+
+def ledger_balances(data_dir: Path) -> dict[str, Balance]:
+    result = run_sql(
+        open_ledger(data_dir),
+        "SELECT rights_holder_id, sum(plays), sum(streams), sum(amount_micros) FROM ledger GROUP BY ALL",
+    )
+    return {row[0]: Balance(int(row[1]), int(row[2]), int(row[3])) for row in result.rows}
+
+
+@pytest.fixture
+def gateway(pubsub_names: PubSubNames) -> Iterator[ServedGateway]:
+    publisher = EventPublisher(pubsub_names.topic, timeout_seconds=10)
+    settings = GatewaySettings(api_keys=frozenset({API_KEY}), port=0, names=pubsub_names)
+    served = ServedGateway(create_app(settings, publisher)).start()
+    try:
+        yield served
+    finally:
+        served.stop()
+        publisher.close()
+
+
+def test_plays_posted_over_http_land_in_the_ledger_exactly(
+    gateway: ServedGateway, pubsub_names: PubSubNames, tmp_path: Path
+) -> None:
+    catalog = ReferenceCatalog.read(DEFAULT_CATALOG_DIR)
+    tracks = sorted(catalog.splits)[:3]
+    assert ("NO", "premium") not in catalog.rates_micros, "NO must use the '*' fallback rate"
+    first_batch = [
+        event(tracks[0]),
+        event(tracks[0], territory="GB", product="free"),
+        event(tracks[1], territory="SE"),
+        event(tracks[2], territory="NO"),  # no NO rate: ('*', premium)
+        event(tracks[1], ms_played=29_999),  # not a stream: counted, earns nothing
+    ]
+    second_batch = [
+        event("T-NOT-IN-CATALOG", territory="BR"),  # suspense
+        first_batch[2],  # a client retry: same event_id, counted once
+        event(tracks[2], ms_played=30_000, product="free"),  # exactly 30 s is a stream
+    ]
+    expected_first = expected_balances(catalog, first_batch)
+    expected = expected_balances(catalog, first_batch + second_batch)
+    assert expected[UNMATCHED] == Balance(1, 1, catalog.rates_micros[("BR", "premium")])
+    unique_plays = len(first_batch) + len(second_batch) - 1
+
+    mend_direct_runner_metrics()
+    pipeline = beam.Pipeline(options=PipelineOptions(streaming=True, runner="BundleBasedDirectRunner"))
+    build(
+        pipeline,
+        ReadFromPubSub(subscription=pubsub_names.royalties, with_attributes=True),
+        parquet_sinks(str(tmp_path)),
+        PipelineConfig(period_seconds=3600, early_firing_seconds=1, catalog_dir=DEFAULT_CATALOG_DIR),
+    )
+    heartbeats = Heartbeats(pubsub_names.topic)
+    heartbeats.start()
+    result = pipeline.run()
+    watch = PipelineWatch(result)
+    watch.start()
+    deadline = time.monotonic() + DEADLINE_SECONDS
+
+    def wait_for_ledger(decoded: int, balances: dict[str, Balance]) -> dict[str, int]:
+        """Poll until ``decoded`` events were read and the ledger holds every part of ``balances``."""
+        parts = sum(balance.plays for balance in balances.values())
+        totals: dict[str, int] = {}
+        while time.monotonic() < deadline and watch.failure is None:
+            totals = counters(result)
+            if totals.get("events_decoded") == decoded and ledger_parts(tmp_path) >= parts:
+                return totals
+            watch.join(timeout=0.5)
+        assert watch.failure is None, f"pipeline failed: {watch.failure!r}"
+        pytest.fail(f"the ledger did not get {parts} parts in time; counters: {totals}")
+
+    try:
+        reply = gateway.post(first_batch)
+        assert (reply["accepted"], reply["rejected"]) == (len(first_batch), []), reply
+        wait_for_ledger(len(first_batch), expected_first)
+        assert ledger_balances(tmp_path) == expected_first
+
+        # The retry arrives once its first copy is already in the ledger, in a later pane.
+        reply = gateway.post(second_batch)
+        assert (reply["accepted"], reply["rejected"]) == (len(second_batch), []), reply
+        totals = wait_for_ledger(len(first_batch) + len(second_batch), expected)
+        assert ledger_balances(tmp_path) == expected
+
+        assert totals["events_duplicate"] == 1
+        assert totals["events_unique"] == totals["plays"] == unique_plays
+        assert totals["streams"] == unique_plays - 1
+        assert totals["plays_unmatched"] == 1
+        connection = open_ledger(tmp_path)
+        assert run_sql(connection, "SELECT count(*) FROM dead_letters").rows == [(0,)]
+        assert run_sql(connection, "SELECT DISTINCT currency FROM ledger").rows == [(catalog.currency,)]
+        files = list((tmp_path / "ledger").glob("period=*/*.parquet"))
+        assert len(files) >= 2, "each pane appends its own files to the hive-partitioned ledger"
+    finally:
+        # Cancel while heartbeats still flow: an idle pull would hold the cancel for up to 30 s.
+        result.cancel()
+        heartbeats.stop()
