@@ -24,7 +24,15 @@ from apache_beam.runners.runner import PipelineResult
 
 from pipelines.transforms import METRICS_NAMESPACE
 
-__all__ = ["COUNTERS_FILE", "SupervisorSettings", "counters", "load_counters", "save_counters", "supervise"]
+__all__ = [
+    "COUNTERS_FILE",
+    "Heartbeat",
+    "SupervisorSettings",
+    "counters",
+    "load_counters",
+    "save_counters",
+    "supervise",
+]
 
 LOG = logging.getLogger(__name__)
 
@@ -67,7 +75,7 @@ def unwritten(totals: dict[str, int]) -> tuple[int, int]:
     return parts, dead
 
 
-class _Heartbeat(threading.Thread):
+class Heartbeat(threading.Thread):
     """Publishes an empty heartbeat message every ``interval`` seconds until stopped."""
 
     def __init__(self, topic: str, interval: float) -> None:
@@ -113,7 +121,7 @@ class _Supervisor:
     def run(self) -> int:
         settings = self.settings
         heartbeat = (
-            _Heartbeat(settings.topic, settings.heartbeat_seconds) if settings.heartbeat_seconds else None
+            Heartbeat(settings.topic, settings.heartbeat_seconds) if settings.heartbeat_seconds else None
         )
         if heartbeat is not None:
             heartbeat.start()

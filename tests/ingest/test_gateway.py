@@ -7,13 +7,11 @@ subscriptions and decoded with the shared codec.
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,8 +22,8 @@ from typing import Any
 
 import google.cloud.pubsub_v1 as pubsub_v1
 import pytest
-from aiohttp import web
 from google.api_core import exceptions as gexc
+from served_gateway import RunningGateway
 
 from ingest.gateway import EventPublisher, GatewaySettings, create_app
 from ingest.pubsub import PubSubNames, free_port
@@ -62,51 +60,6 @@ def settings_for(names: PubSubNames, **overrides: Any) -> GatewaySettings:
     values: dict[str, Any] = {"port": 0, "names": names, "max_body_bytes": 64 * 1024, "max_events": 50}
     values.update(overrides)
     return GatewaySettings.from_env({"PLAYLEDGER_API_KEYS": f"{API_KEY}, {OTHER_KEY}"}, **values)
-
-
-class RunningGateway:
-    """The gateway app served on 127.0.0.1:<free port> by an event loop in a thread."""
-
-    def __init__(self, app: web.Application) -> None:
-        self._app = app
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
-        self.port = 0
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._main())
-        except BaseException as error:  # surfaced to the test in __enter__
-            self._error = error
-            self._ready.set()
-
-    async def _main(self) -> None:
-        runner = web.AppRunner(self._app, shutdown_timeout=5)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            self.port = runner.addresses[0][1]
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            self._ready.set()
-            await self._stop.wait()
-        finally:
-            await runner.cleanup()
-
-    def __enter__(self) -> RunningGateway:
-        self._thread.start()
-        if not self._ready.wait(timeout=10) or self._error is not None:
-            raise RuntimeError(f"gateway did not start: {self._error!r}")
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=10)
 
 
 @dataclass

@@ -8,7 +8,6 @@ from ``reference_royalties``, which shares no code with ``ledger/``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
 import time
@@ -19,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
-import google.cloud.pubsub_v1 as pubsub_v1
 import pytest
-from aiohttp import web
 from apache_beam.io.gcp.pubsub import ReadFromPubSub
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 from reference_royalties import UNMATCHED, Balance, ReferenceCatalog, expected_balances
+from served_gateway import RunningGateway
 
 from ingest.gateway import EventPublisher, GatewaySettings, create_app
 from ingest.pubsub import PubSubNames
@@ -34,8 +32,7 @@ from ledger.views import open_ledger, run_sql
 from pipelines.config import PipelineConfig
 from pipelines.direct_runner import mend_direct_runner_metrics
 from pipelines.streaming import build, parquet_sinks
-from pipelines.supervisor import counters
-from schemas.codec import ATTR_KIND, KIND_HEARTBEAT
+from pipelines.supervisor import Heartbeat, counters
 
 pytestmark = pytest.mark.emulator
 
@@ -44,81 +41,17 @@ DEADLINE_SECONDS = 60.0
 HEARTBEAT_SECONDS = 0.5
 
 
-class ServedGateway:
-    """``create_app`` served on 127.0.0.1:<free port> by an event loop in a thread."""
-
-    def __init__(self, app: web.Application) -> None:
-        self._app = app
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
-        self.port = 0
-
-    def _run(self) -> None:
-        try:
-            asyncio.run(self._serve())
-        except BaseException as error:  # reported by start()
-            self._error = error
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        runner = web.AppRunner(self._app, shutdown_timeout=5)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            self.port = runner.addresses[0][1]
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            self._ready.set()
-            await self._stop.wait()
-        finally:
-            await runner.cleanup()
-
-    def start(self) -> ServedGateway:
-        self._thread.start()
-        if not self._ready.wait(timeout=10) or self._error is not None:
-            raise RuntimeError(f"gateway did not start: {self._error!r}")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout=10)
-
-    def post(self, events: list[dict[str, Any]]) -> dict[str, Any]:
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/v1/events",
-            data=json.dumps({"events": events}).encode(),
-            headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
-            method="POST",
-        )
-        with urllib.request.urlopen(request, timeout=20) as response:
-            assert response.status == 200
-            reply: dict[str, Any] = json.load(response)
-            return reply
-
-
-class Heartbeats(threading.Thread):
-    """Heartbeat messages every ``HEARTBEAT_SECONDS``: an idle direct-runner pull blocks up to 30 s."""
-
-    def __init__(self, topic: str) -> None:
-        super().__init__(name="heartbeats", daemon=True)
-        self.topic = topic
-        self.stopped = threading.Event()
-
-    def run(self) -> None:
-        publisher = pubsub_v1.PublisherClient()
-        try:
-            while not self.stopped.wait(HEARTBEAT_SECONDS):
-                publisher.publish(self.topic, b"", **{ATTR_KIND: KIND_HEARTBEAT}).result(timeout=10)
-        finally:
-            publisher.stop()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(timeout=15)
+def post(port: int, events: list[dict[str, Any]]) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v1/events",
+        data=json.dumps({"events": events}).encode(),
+        headers={"Authorization": f"Bearer {API_KEY}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=20) as response:
+        assert response.status == 200
+        reply: dict[str, Any] = json.load(response)
+        return reply
 
 
 class PipelineWatch(threading.Thread):
@@ -169,19 +102,18 @@ def ledger_balances(data_dir: Path) -> dict[str, Balance]:
 
 
 @pytest.fixture
-def gateway(pubsub_names: PubSubNames) -> Iterator[ServedGateway]:
+def gateway(pubsub_names: PubSubNames) -> Iterator[RunningGateway]:
     publisher = EventPublisher(pubsub_names.topic, timeout_seconds=10)
     settings = GatewaySettings(api_keys=frozenset({API_KEY}), port=0, names=pubsub_names)
-    served = ServedGateway(create_app(settings, publisher)).start()
     try:
-        yield served
+        with RunningGateway(create_app(settings, publisher)) as running:
+            yield running
     finally:
-        served.stop()
         publisher.close()
 
 
 def test_plays_posted_over_http_land_in_the_ledger_exactly(
-    gateway: ServedGateway, pubsub_names: PubSubNames, tmp_path: Path
+    gateway: RunningGateway, pubsub_names: PubSubNames, tmp_path: Path
 ) -> None:
     catalog = ReferenceCatalog.read(DEFAULT_CATALOG_DIR)
     tracks = sorted(catalog.splits)[:3]
@@ -211,7 +143,7 @@ def test_plays_posted_over_http_land_in_the_ledger_exactly(
         parquet_sinks(str(tmp_path)),
         PipelineConfig(period_seconds=3600, early_firing_seconds=1, catalog_dir=DEFAULT_CATALOG_DIR),
     )
-    heartbeats = Heartbeats(pubsub_names.topic)
+    heartbeats = Heartbeat(pubsub_names.topic, HEARTBEAT_SECONDS)
     heartbeats.start()
     result = pipeline.run()
     watch = PipelineWatch(result)
@@ -231,13 +163,13 @@ def test_plays_posted_over_http_land_in_the_ledger_exactly(
         pytest.fail(f"the ledger did not get {parts} parts in time; counters: {totals}")
 
     try:
-        reply = gateway.post(first_batch)
+        reply = post(gateway.port, first_batch)
         assert (reply["accepted"], reply["rejected"]) == (len(first_batch), []), reply
         wait_for_ledger(len(first_batch), expected_first)
         assert ledger_balances(tmp_path) == expected_first
 
         # The retry arrives once its first copy is already in the ledger, in a later pane.
-        reply = gateway.post(second_batch)
+        reply = post(gateway.port, second_batch)
         assert (reply["accepted"], reply["rejected"]) == (len(second_batch), []), reply
         totals = wait_for_ledger(len(first_batch) + len(second_batch), expected)
         assert ledger_balances(tmp_path) == expected
@@ -254,4 +186,5 @@ def test_plays_posted_over_http_land_in_the_ledger_exactly(
     finally:
         # Cancel while heartbeats still flow: an idle pull would hold the cancel for up to 30 s.
         result.cancel()
-        heartbeats.stop()
+        heartbeats.stopped.set()
+        heartbeats.join(timeout=15)
