@@ -16,6 +16,10 @@ __all__ = ["PipelineConfig"]
 class PipelineConfig:
     """Windowing, lateness, de-duplication and royalty settings of a pipeline run.
 
+    Late data is gathered into a delta pane every ``late_firing_seconds``; 0 fires a pane
+    per late element (tests that drive processing time with ``TestStream`` need that:
+    its frozen clock never fires a processing-time trigger after the watermark passed).
+
     ``allowed_lateness_hours`` defaults to Pub/Sub's longest message retention (7 days):
     the source watermark follows the wall clock, so a backlog read after an outage is
     late, and anything older than the allowed lateness would be dropped by the window.
@@ -23,6 +27,7 @@ class PipelineConfig:
 
     period_seconds: int = 3600
     early_firing_seconds: int = 5
+    late_firing_seconds: int = 5
     allowed_lateness_hours: int = 7 * 24
     dedup_horizon_hours: int = 24
     min_stream_ms: int = 30_000
@@ -39,7 +44,7 @@ class PipelineConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("allowed_lateness_hours", "min_stream_ms"):
+        for name in ("allowed_lateness_hours", "min_stream_ms", "late_firing_seconds"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")

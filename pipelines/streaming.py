@@ -20,7 +20,6 @@ On Dataflow (``--heartbeat-seconds 0``: Dataflow's source watermark needs no hel
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,15 +30,14 @@ from apache_beam.io.gcp.pubsub import ReadFromPubSub
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.utils.timestamp import Duration
 
-from ingest.pubsub import PubSubNames
 from ledger.catalog import Catalog
 from ledger.tables import DEAD_LETTER_SCHEMA, DEAD_LETTERS_DIR, LEDGER_DIR, LEDGER_SCHEMA
 from pipelines.config import PipelineConfig
 from pipelines.direct_runner import DIRECT_RUNNERS, mend_direct_runner_metrics
+from pipelines.options import RoyaltyOptions, StreamingOptions, options_help
 from pipelines.supervisor import COUNTERS_FILE, SupervisorSettings, supervise
 from pipelines.transforms import (
     AggregateLedger,
-    AttributeRoyalties,
     DecodeOutput,
     DecodePlayMessages,
     DedupByEventId,
@@ -113,14 +111,16 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
         config.dedup_horizon_hours
     )
     catalog_view = beam.pvalue.AsSingleton(p | "LoadCatalog" >> beam.Create([catalog]))
-    parts = deduped[DedupOutput.UNIQUE.value] | "AttributeRoyalties" >> AttributeRoyalties(
-        catalog_view, config.min_stream_ms
-    )
-    ledger_rows = parts | "AggregateLedger" >> AggregateLedger(
-        config.period_seconds, config.early_firing_seconds, config.allowed_lateness_hours
+    ledger_rows = deduped[DedupOutput.UNIQUE.value] | "AggregateLedger" >> AggregateLedger(
+        catalog_view,
+        config.period_seconds,
+        config.early_firing_seconds,
+        config.allowed_lateness_hours,
+        config.min_stream_ms,
+        config.late_firing_seconds,
     )
     dead_letters = decoded[DecodeOutput.DEAD_LETTERS.value] | "WindowDeadLetters" >> append_window(
-        config.dead_letter_window_seconds, config.early_firing_seconds, lateness
+        config.dead_letter_window_seconds, config.early_firing_seconds, lateness, config.late_firing_seconds
     )
     if sinks.ledger is not None:
         _ = ledger_rows | "WriteLedger" >> sinks.ledger
@@ -129,45 +129,20 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
     return PipelineOutputs(ledger_rows, dead_letters, deduped[DedupOutput.DUPLICATES.value])
 
 
-def _parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(prog="playledger pipeline stream", description=__doc__.split("\n")[0])
-    names = PubSubNames()
-    parser.add_argument("--data-dir", required=True, help="where ledger/ and dead_letters/ are appended")
-    parser.add_argument("--subscription", default=names.royalties)
-    parser.add_argument("--topic", default=names.topic, help="topic that heartbeats are published to")
-    parser.add_argument(
-        "--heartbeat-seconds",
-        type=float,
-        default=1.0,
-        help="publish a heartbeat this often so an idle direct-runner source keeps firing panes (0: off)",
-    )
-    parser.add_argument("--drain-timeout-seconds", type=float, default=120.0)
-    defaults = PipelineConfig()
-    parser.add_argument("--period-seconds", type=int, default=defaults.period_seconds)
-    parser.add_argument("--early-firing-seconds", type=int, default=defaults.early_firing_seconds)
-    parser.add_argument("--allowed-lateness-hours", type=int, default=defaults.allowed_lateness_hours)
-    parser.add_argument("--dedup-horizon-hours", type=int, default=defaults.dedup_horizon_hours)
-    parser.add_argument("--min-stream-ms", type=int, default=defaults.min_stream_ms)
-    parser.add_argument("--catalog-dir", default=str(defaults.catalog_dir))
-    return parser.parse_known_args(argv)
-
-
-def _config_from_args(args: argparse.Namespace) -> PipelineConfig:
-    return PipelineConfig(
-        period_seconds=args.period_seconds,
-        early_firing_seconds=args.early_firing_seconds,
-        allowed_lateness_hours=args.allowed_lateness_hours,
-        dedup_horizon_hours=args.dedup_horizon_hours,
-        min_stream_ms=args.min_stream_ms,
-        catalog_dir=args.catalog_dir,
-    )
-
-
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the streaming pipeline until SIGINT/SIGTERM, then write out what it read."""
-    args, beam_args = _parse_args(argv)
-    config = _config_from_args(args)
-    options = PipelineOptions(beam_args, streaming=True, save_main_session=False)
+    argv = list(argv or [])
+    if "-h" in argv or "--help" in argv:
+        print(
+            options_help(
+                "playledger pipeline stream", __doc__.split("\n")[0], RoyaltyOptions, StreamingOptions
+            )
+        )
+        return 0
+    options = PipelineOptions(argv, streaming=True, save_main_session=False)
+    config = options.view_as(RoyaltyOptions).config()
+    streaming = options.view_as(StreamingOptions)
+    data_dir: str = options.view_as(RoyaltyOptions).data_dir
     if options.view_as(StandardOptions).runner is None:
         # Named explicitly: the default DirectRunner first tries to download another runner.
         options.view_as(StandardOptions).runner = "BundleBasedDirectRunner"
@@ -176,18 +151,18 @@ def run(argv: Sequence[str] | None = None) -> int:
     pipeline = beam.Pipeline(options=options)
     build(
         pipeline,
-        ReadFromPubSub(subscription=args.subscription, with_attributes=True),
-        parquet_sinks(args.data_dir),
+        ReadFromPubSub(subscription=streaming.subscription, with_attributes=True),
+        parquet_sinks(data_dir),
         config,
     )
     result = pipeline.run()
     return supervise(
         result,
         SupervisorSettings(
-            topic=args.topic,
-            heartbeat_seconds=args.heartbeat_seconds,
-            drain_timeout_seconds=args.drain_timeout_seconds,
+            topic=streaming.topic,
+            heartbeat_seconds=streaming.heartbeat_seconds,
+            drain_timeout_seconds=streaming.drain_timeout_seconds,
             early_firing_seconds=config.early_firing_seconds,
-            counters_path=None if "://" in args.data_dir else Path(args.data_dir) / COUNTERS_FILE,
+            counters_path=None if "://" in data_dir else Path(data_dir) / COUNTERS_FILE,
         ),
     )

@@ -65,14 +65,19 @@ def counters(result: PipelineResult) -> dict[str, int]:
 
 
 def unwritten(totals: dict[str, int]) -> tuple[int, int]:
-    """(attributed parts not yet in the ledger, dead letters not yet written)."""
+    """(plays not yet in the ledger, dead letters not yet written), from the counters.
+
+    A unique play is first counted when de-duplicated, then by the pane that counts it
+    (``plays``), then once per rights holder when its rows are written.
+    """
+    plays = totals.get("events_unique", 0) - totals.get("plays", 0)
     parts = totals.get("attributed_parts", 0) - totals.get("ledger_plays_written", 0)
     dead = (
         totals.get("messages_undecodable", 0)
         + totals.get("events_invalid", 0)
         - totals.get("dead_letters_rows_written", 0)
     )
-    return parts, dead
+    return plays + parts, dead
 
 
 class Heartbeat(threading.Thread):

@@ -24,7 +24,6 @@ from apache_beam.coders import BooleanCoder
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, userstate, window
-from apache_beam.transforms.combiners import TupleCombineFn
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from ledger.allocation import UNMATCHED, attribute_play
@@ -37,11 +36,14 @@ from schemas.validation import check_decoded_event
 __all__ = [
     "METRICS_NAMESPACE",
     "AggregateLedger",
-    "AttributeRoyalties",
+    "AttributeCounts",
+    "CountPlays",
     "DecodeOutput",
     "DecodePlayMessages",
     "DedupByEventId",
     "DedupOutput",
+    "PlayGroup",
+    "SumPlaysAndStreams",
     "WritePaneFiles",
     "append_window",
     "dead_letter",
@@ -206,51 +208,65 @@ class DedupByEventId(beam.PTransform):
         )
 
 
-class _AttributeFn(beam.DoFn):
-    def __init__(self, min_stream_ms: int) -> None:
-        self.min_stream_ms = min_stream_ms
-        self.plays = _counter("plays")
-        self.streams = _counter("streams")
-        self.unmatched = _counter("plays_unmatched")
-        self.parts = _counter("attributed_parts")
-
-    def process(self, event: dict[str, Any], catalog: Catalog) -> Iterator[Any]:
-        is_stream = event["ms_played"] >= self.min_stream_ms
-        self.plays.inc()
-        if is_stream:
-            self.streams.inc()
-        parts = attribute_play(catalog, event["track_id"], event["territory"], event["product"], is_stream)
-        if parts and parts[0].rights_holder_id == UNMATCHED:
-            self.unmatched.inc()
-        for part in parts:
-            self.parts.inc()
-            key = (
-                part.rights_holder_id,
-                event["track_id"],
-                event["territory"],
-                event["product"],
-                part.currency,
-            )
-            yield key, (1, int(is_stream), part.amount_micros)
+PlayGroup = tuple[str, str, str]
+"""(track_id, territory, product): the plays in one group earn the same per stream."""
 
 
-class AttributeRoyalties(beam.PTransform):
-    """Unique plays → ``((rights_holder, track, territory, product, currency), (plays, streams, micros))``.
+def _play_group(min_stream_ms: int) -> Any:
+    def keyed(event: dict[str, Any]) -> tuple[PlayGroup, tuple[int, int]]:
+        is_stream = int(event["ms_played"] >= min_stream_ms)
+        return (event["track_id"], event["territory"], event["product"]), (1, is_stream)
 
-    A play of at least ``min_stream_ms`` is a stream and earns the catalog rate, split
-    between rights holders by the contract's largest-remainder rule; every holder of
-    the track counts the play. An unknown track goes whole to ``UNMATCHED``.
+    return keyed
+
+
+class SumPlaysAndStreams(beam.CombineFn):
+    """Sums ``(plays, streams)`` pairs.
+
+    Unlike ``TupleCombineFn(sum, sum)`` it merges an empty list of accumulators: the
+    direct runner hands a combiner the empty pane a processing-time trigger can fire
+    when a key's elements were already emitted, and ``TupleCombineFn`` then raises
+    ``StopIteration`` and fails the pipeline (seen under steady simulated traffic).
     """
 
-    def __init__(self, catalog: beam.pvalue.AsSideInput, min_stream_ms: int) -> None:
+    def create_accumulator(self) -> tuple[int, int]:
+        return (0, 0)
+
+    def add_input(self, accumulator: tuple[int, int], counts: tuple[int, int]) -> tuple[int, int]:
+        return (accumulator[0] + counts[0], accumulator[1] + counts[1])
+
+    def merge_accumulators(self, accumulators: Iterable[tuple[int, int]]) -> tuple[int, int]:
+        plays = streams = 0
+        for more_plays, more_streams in accumulators:
+            plays += more_plays
+            streams += more_streams
+        return (plays, streams)
+
+    def extract_output(self, accumulator: tuple[int, int]) -> tuple[int, int]:
+        return accumulator
+
+
+class CountPlays(beam.PTransform):
+    """Unique plays → ``((track_id, territory, product), (plays, streams))`` per window.
+
+    A play of at least ``min_stream_ms`` is a stream. Counting before attributing is
+    exact: every stream of a group earns the same gross, split the same way.
+    """
+
+    def __init__(self, min_stream_ms: int) -> None:
         super().__init__()
         if min_stream_ms < 0:
             raise ValueError("min_stream_ms must not be negative")
-        self.catalog = catalog
         self.min_stream_ms = min_stream_ms
 
     def expand(self, events: beam.PCollection) -> beam.PCollection:
-        return events | "Attribute" >> beam.ParDo(_AttributeFn(self.min_stream_ms), catalog=self.catalog)
+        return (
+            events
+            | "KeyByPlayGroup" >> beam.Map(_play_group(self.min_stream_ms))
+            | "SumPlaysAndStreams" >> beam.CombinePerKey(SumPlaysAndStreams())
+            # An empty pane sums to no plays: nothing to attribute or to write.
+            | "DropEmptyPanes" >> beam.Filter(lambda group_counts: group_counts[1][0] > 0)
+        )
 
 
 _PANE_TIMING = {
@@ -261,72 +277,137 @@ _PANE_TIMING = {
 }
 
 
-class _ToLedgerRowFn(beam.DoFn):
+class _AttributeCountsFn(beam.DoFn):
+    def __init__(self, period: tuple[dt.datetime, dt.datetime] | None) -> None:
+        self.period = period
+        self.plays = _counter("plays")
+        self.streams = _counter("streams")
+        self.unmatched = _counter("plays_unmatched")
+        self.parts = _counter("attributed_parts")
+
     def process(
         self,
-        keyed_totals: tuple[tuple[str, str, str, str, str], tuple[int, int, int]],
-        period: Any = beam.DoFn.WindowParam,
+        group_counts: tuple[PlayGroup, tuple[int, int]],
+        catalog: Catalog,
+        window: Any = beam.DoFn.WindowParam,
         pane: Any = beam.DoFn.PaneInfoParam,
     ) -> Iterator[dict[str, Any]]:
-        (rights_holder_id, track_id, territory, product, currency), (plays, streams, micros) = keyed_totals
-        yield {
-            "period_start": period.start.to_utc_datetime(has_tz=True),
-            "period_end": period.end.to_utc_datetime(has_tz=True),
-            "rights_holder_id": rights_holder_id,
-            "track_id": track_id,
-            "territory": territory,
-            "product": product,
-            "plays": plays,
-            "streams": streams,
-            "amount_micros": micros,
-            "currency": currency,
-            "pane_timing": _PANE_TIMING.get(pane.timing, "UNKNOWN"),
-            "written_at": dt.datetime.now(dt.UTC),
-        }
+        (track_id, territory, product), (plays, streams) = group_counts
+        if self.period is not None:
+            period_start, period_end = self.period
+            timing = "FINAL"
+        else:
+            period_start = window.start.to_utc_datetime(has_tz=True)
+            period_end = window.end.to_utc_datetime(has_tz=True)
+            timing = _PANE_TIMING.get(pane.timing, "UNKNOWN")
+        self.plays.inc(plays)
+        self.streams.inc(streams)
+        # Each stream of the group earns the same parts; a play that is no stream earns none.
+        per_stream = attribute_play(catalog, track_id, territory, product, True)
+        if per_stream and per_stream[0].rights_holder_id == UNMATCHED:
+            self.unmatched.inc(plays)
+        written_at = dt.datetime.now(dt.UTC)
+        for part in per_stream:
+            self.parts.inc(plays)
+            yield {
+                "period_start": period_start,
+                "period_end": period_end,
+                "rights_holder_id": part.rights_holder_id,
+                "track_id": track_id,
+                "territory": territory,
+                "product": product,
+                "plays": plays,
+                "streams": streams,
+                "amount_micros": part.amount_micros * streams,
+                "currency": part.currency,
+                "pane_timing": timing,
+                "written_at": written_at,
+            }
 
 
-def append_window(window_seconds: int, firing_seconds: int, allowed_lateness: Duration) -> beam.WindowInto:
+class AttributeCounts(beam.PTransform):
+    """Play counts per group → ledger rows, one per rights holder of the track.
+
+    Streams earn the catalog rate for (territory, product), else the ``*`` rate, split
+    by the contract's largest-remainder rule; every holder of the track counts the
+    plays. An unknown track goes whole to ``UNMATCHED``. The period is the window's
+    (streaming: each pane is a delta) unless ``period`` is given (batch: final rows).
+    """
+
+    def __init__(
+        self, catalog: beam.pvalue.AsSideInput, period: tuple[dt.datetime, dt.datetime] | None = None
+    ) -> None:
+        super().__init__()
+        if period is not None and not period[0] < period[1]:
+            raise ValueError("period must start before it ends")
+        self.catalog = catalog
+        self.period = period
+
+    def expand(self, counts: beam.PCollection) -> beam.PCollection:
+        return counts | "Attribute" >> beam.ParDo(_AttributeCountsFn(self.period), self.catalog)
+
+
+def append_window(
+    window_seconds: int,
+    firing_seconds: int,
+    allowed_lateness: Duration,
+    late_firing_seconds: int | None = None,
+) -> beam.WindowInto:
     """Fixed windows whose panes are deltas, for tables that are appended to.
 
     Early panes fill the table while the window is open; late data is batched into delta
-    panes every ``firing_seconds`` rather than one tiny pane per element.
+    panes every ``late_firing_seconds`` (default: ``firing_seconds``) rather than one tiny
+    pane per element; 0 fires a pane per late element.
     """
+    late_seconds = firing_seconds if late_firing_seconds is None else late_firing_seconds
+    late = trigger.AfterProcessingTime(late_seconds) if late_seconds > 0 else trigger.AfterCount(1)
     return beam.WindowInto(
         window.FixedWindows(window_seconds),
-        trigger=trigger.AfterWatermark(
-            early=trigger.AfterProcessingTime(firing_seconds),
-            late=trigger.AfterProcessingTime(firing_seconds),
-        ),
+        trigger=trigger.AfterWatermark(early=trigger.AfterProcessingTime(firing_seconds), late=late),
         accumulation_mode=trigger.AccumulationMode.DISCARDING,
         allowed_lateness=allowed_lateness,
     )
 
 
 class AggregateLedger(beam.PTransform):
-    """Attributed parts → ledger delta rows per period (fixed windows of ``received_at``).
+    """Unique plays → ledger delta rows per period (fixed windows of ``received_at``).
 
-    Panes discard what they emitted, so each row is a delta and balances are sums;
-    nothing later than ``allowed_lateness_hours`` behind the watermark can arrive
-    unnoticed: it would be counted by the ``late`` metric of the runner.
+    Panes discard what they emitted, so each row is a delta and balances are sums.
     """
 
-    def __init__(self, period_seconds: int, early_firing_seconds: int, allowed_lateness_hours: int) -> None:
+    def __init__(
+        self,
+        catalog: beam.pvalue.AsSideInput,
+        period_seconds: int,
+        early_firing_seconds: int,
+        allowed_lateness_hours: int,
+        min_stream_ms: int,
+        late_firing_seconds: int | None = None,
+    ) -> None:
         super().__init__()
         if period_seconds <= 0 or early_firing_seconds <= 0:
             raise ValueError("period_seconds and early_firing_seconds must be positive")
         if allowed_lateness_hours < 0:
             raise ValueError("allowed_lateness_hours must not be negative")
+        self.catalog = catalog
         self.period_seconds = period_seconds
         self.early_firing_seconds = early_firing_seconds
         self.allowed_lateness = Duration(seconds=allowed_lateness_hours * 3600)
+        self.min_stream_ms = min_stream_ms
+        self.late_firing_seconds = late_firing_seconds
 
-    def expand(self, parts: beam.PCollection) -> beam.PCollection:
+    def expand(self, events: beam.PCollection) -> beam.PCollection:
         return (
-            parts
+            events
             | "WindowByPeriod"
-            >> append_window(self.period_seconds, self.early_firing_seconds, self.allowed_lateness)
-            | "SumPerKey" >> beam.CombinePerKey(TupleCombineFn(sum, sum, sum))
-            | "ToLedgerRow" >> beam.ParDo(_ToLedgerRowFn())
+            >> append_window(
+                self.period_seconds,
+                self.early_firing_seconds,
+                self.allowed_lateness,
+                self.late_firing_seconds,
+            )
+            | "CountPlays" >> CountPlays(self.min_stream_ms)
+            | "AttributeCounts" >> AttributeCounts(self.catalog)
         )
 
 

@@ -1,0 +1,96 @@
+"""Pipeline options: the royalty settings as Beam ``PipelineOptions``, for every runner.
+
+The same flags work on the direct runner and on Dataflow (where Beam forwards them to
+the workers), and turn into the typed, validated ``PipelineConfig`` the transforms take.
+Both spellings are accepted: ``--period-seconds`` and Beam's ``--period_seconds``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from ingest.pubsub import PubSubNames
+from pipelines.config import PipelineConfig
+
+__all__ = ["BatchOptions", "RoyaltyOptions", "StreamingOptions", "options_help"]
+
+
+def _flag(parser: Any, name: str, **kwargs: Any) -> None:
+    spellings = dict.fromkeys((f"--{name.replace('_', '-')}", f"--{name}"))
+    parser.add_argument(*spellings, dest=name, **kwargs)
+
+
+class RoyaltyOptions(PipelineOptions):
+    """Settings both royalty pipelines share."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        defaults = PipelineConfig()
+        _flag(parser, "data_dir", default=None, help="the data directory (local path or gs://...); required")
+        _flag(parser, "catalog_dir", default=str(defaults.catalog_dir), help="catalog CSVs")
+        _flag(parser, "period_seconds", type=int, default=defaults.period_seconds, help="accounting period")
+        _flag(parser, "dedup_horizon_hours", type=int, default=defaults.dedup_horizon_hours)
+        _flag(parser, "min_stream_ms", type=int, default=defaults.min_stream_ms, help="shortest stream")
+
+    def config(self) -> PipelineConfig:
+        """The validated ``PipelineConfig``; ``ValueError`` names a bad or missing setting."""
+        if not self.data_dir:
+            raise ValueError("--data-dir is required")
+        values: dict[str, Any] = {
+            "period_seconds": self.period_seconds,
+            "dedup_horizon_hours": self.dedup_horizon_hours,
+            "min_stream_ms": self.min_stream_ms,
+            "catalog_dir": self.catalog_dir,
+        }
+        streaming = self.view_as(StreamingOptions)
+        values["early_firing_seconds"] = streaming.early_firing_seconds
+        values["allowed_lateness_hours"] = streaming.allowed_lateness_hours
+        values["late_firing_seconds"] = streaming.late_firing_seconds
+        return PipelineConfig(**values)
+
+
+class StreamingOptions(PipelineOptions):
+    """Settings of the streaming pipeline: its source and its panes."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        defaults = PipelineConfig()
+        names = PubSubNames()
+        _flag(parser, "subscription", default=names.royalties, help="Pub/Sub subscription to read")
+        _flag(parser, "topic", default=names.topic, help="topic that heartbeats are published to")
+        _flag(
+            parser,
+            "heartbeat_seconds",
+            type=float,
+            default=1.0,
+            help="publish a heartbeat this often so an idle direct-runner source keeps firing panes (0: off)",
+        )
+        _flag(parser, "drain_timeout_seconds", type=float, default=120.0)
+        _flag(parser, "early_firing_seconds", type=int, default=defaults.early_firing_seconds)
+        _flag(parser, "allowed_lateness_hours", type=int, default=defaults.allowed_lateness_hours)
+        _flag(parser, "late_firing_seconds", type=int, default=defaults.late_firing_seconds)
+
+
+class BatchOptions(PipelineOptions):
+    """Settings of the batch recompute: which period."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        _flag(
+            parser,
+            "period",
+            default=None,
+            help="the period to recompute, by its start: 2026-11-28T07:00:00Z (UTC); required",
+        )
+
+
+def options_help(prog: str, description: str, *classes: type[PipelineOptions]) -> str:
+    """A ``--help`` text for the given options classes (Beam's own parser prints none)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, add_help=False)
+    for options_class in classes:
+        options_class._add_argparse_args(parser)  # type: ignore[arg-type]  # plain argparse suffices
+    parser.add_argument("--runner", help="Beam runner (default: a direct runner named explicitly)")
+    return parser.format_help() + "\nOther flags go to Beam (e.g. --project, --region, --temp_location).\n"
