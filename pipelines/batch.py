@@ -37,14 +37,13 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.transforms.combiners import TupleCombineFn
 
 from ledger.catalog import Catalog
-from ledger.tables import LEDGER_SCHEMA, partition_name
+from ledger.tables import ARCHIVE_DIR, LEDGER_SCHEMA, partition_name
 from pipelines.config import PipelineConfig
 from pipelines.files import write_parquet_atomically
 from pipelines.options import BatchOptions, RoyaltyOptions, options_help
 from pipelines.transforms import METRICS_NAMESPACE, AttributeCounts, PlayGroup
 
 __all__ = [
-    "ARCHIVE_DIR",
     "FINAL_LEDGER_DIR",
     "FirstCopiesInPeriod",
     "Period",
@@ -56,7 +55,6 @@ __all__ = [
 
 LOG = logging.getLogger(__name__)
 
-ARCHIVE_DIR = "archive"
 FINAL_LEDGER_DIR = "ledger_final"
 # The columns the recompute needs; the archive holds more.
 _COLUMNS = [

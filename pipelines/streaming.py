@@ -96,6 +96,7 @@ def parquet_sinks(data_dir: str, temp_dir: str | None = None) -> Sinks:
             DEAD_LETTER_SCHEMA,
             partition_column="minute",
             time_column="dead_at",
+            partition_seconds=60,
         ),
     )
 
@@ -119,8 +120,16 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
         config.min_stream_ms,
         config.late_firing_seconds,
     )
-    dead_letters = decoded[DecodeOutput.DEAD_LETTERS.value] | "WindowDeadLetters" >> append_window(
-        config.dead_letter_window_seconds, config.early_firing_seconds, lateness, config.late_firing_seconds
+    dead_letters = (
+        (decoded[DecodeOutput.DEAD_LETTERS.value], deduped[DedupOutput.CONFLICTS.value])
+        | "GatherDeadLetters" >> beam.Flatten()
+        | "WindowDeadLetters"
+        >> append_window(
+            config.dead_letter_window_seconds,
+            config.early_firing_seconds,
+            lateness,
+            config.late_firing_seconds,
+        )
     )
     if sinks.ledger is not None:
         _ = ledger_rows | "WriteLedger" >> sinks.ledger

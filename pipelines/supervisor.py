@@ -75,6 +75,7 @@ def unwritten(totals: dict[str, int]) -> tuple[int, int]:
     dead = (
         totals.get("messages_undecodable", 0)
         + totals.get("events_invalid", 0)
+        + totals.get("events_conflict", 0)
         - totals.get("dead_letters_rows_written", 0)
     )
     return plays + parts, dead

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import uuid
 from collections.abc import Iterable, Iterator
@@ -20,7 +21,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam import pvalue
-from apache_beam.coders import BooleanCoder
+from apache_beam.coders import BytesCoder
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, userstate, window
@@ -64,6 +65,7 @@ class DedupOutput(StrEnum):
 
     UNIQUE = "unique"
     DUPLICATES = "duplicates"
+    CONFLICTS = "conflicts"
 
 
 def _counter(name: str) -> Any:
@@ -147,36 +149,60 @@ class DecodePlayMessages(beam.PTransform):
         )
 
 
+def content_fingerprint(event: dict[str, Any]) -> bytes:
+    """A stable digest of what a play says, without when the gateway received this copy."""
+    content = {name: value for name, value in event.items() if name != "received_at"}
+    encoded = json.dumps(content, default=_json_default, sort_keys=True).encode()
+    return hashlib.blake2b(encoded, digest_size=16).digest()
+
+
 class _DedupFn(beam.DoFn):
-    SEEN = userstate.ReadModifyWriteStateSpec("seen", BooleanCoder())
+    FIRST = userstate.ReadModifyWriteStateSpec("first_fingerprint", BytesCoder())
     EXPIRY = userstate.TimerSpec("expiry", userstate.TimeDomain.WATERMARK)
 
     def __init__(self, horizon: Duration) -> None:
         self.horizon = horizon
         self.unique = _counter("events_unique")
         self.duplicates = _counter("events_duplicate")
+        self.conflicts = _counter("events_conflict")
 
     def process(
         self,
         keyed_event: tuple[str, dict[str, Any]],
         timestamp: Any = beam.DoFn.TimestampParam,
-        seen: Any = beam.DoFn.StateParam(SEEN),
+        first: Any = beam.DoFn.StateParam(FIRST),
         expiry: Any = beam.DoFn.TimerParam(EXPIRY),
     ) -> Iterator[Any]:
         _, event = keyed_event
-        if seen.read():
+        fingerprint = content_fingerprint(event)
+        first_fingerprint = first.read()
+        if first_fingerprint is not None:
             self.duplicates.inc()
             yield pvalue.TaggedOutput(DedupOutput.DUPLICATES.value, event)
+            if first_fingerprint != fingerprint:
+                # Counted once (the first copy), and the disagreement kept for a human.
+                self.conflicts.inc()
+                raw = json.dumps(event, default=_json_default, sort_keys=True).encode()
+                yield pvalue.TaggedOutput(
+                    DedupOutput.CONFLICTS.value,
+                    dead_letter(
+                        "dedup",
+                        "conflicting duplicate: same event_id as an earlier copy, different content",
+                        raw,
+                        {},
+                        event["event_id"],
+                    ),
+                )
             return
-        seen.write(True)
+        first.write(fingerprint)
         # The horizon counts from the first copy; later copies do not extend it.
         expiry.set(timestamp + self.horizon)
         self.unique.inc()
         yield event
 
     @userstate.on_timer(EXPIRY)
-    def expire(self, seen: Any = beam.DoFn.StateParam(SEEN)) -> None:
-        seen.clear()
+    def expire(self, first: Any = beam.DoFn.StateParam(FIRST)) -> None:
+        first.clear()
 
 
 class DedupByEventId(beam.PTransform):
@@ -203,7 +229,7 @@ class DedupByEventId(beam.PTransform):
             )
             | "FirstCopyOnly"
             >> beam.ParDo(_DedupFn(self.horizon)).with_outputs(
-                DedupOutput.DUPLICATES.value, main=DedupOutput.UNIQUE.value
+                DedupOutput.DUPLICATES.value, DedupOutput.CONFLICTS.value, main=DedupOutput.UNIQUE.value
             )
         )
 
@@ -452,8 +478,9 @@ class _WritePaneFn(beam.DoFn):
 class WritePaneFiles(beam.PTransform):
     """Append each pane's rows as Parquet files under ``table_dir/<column>=<period>/``.
 
-    ``time_column`` picks the row's partition; files are written to ``temp_dir`` (keep
-    it outside ``table_dir``) and renamed into place. Returns the paths written.
+    ``time_column`` picks the row's partition, floored to ``partition_seconds`` (a
+    period's start, or e.g. 60 for minutes); files are written to ``temp_dir`` (keep it
+    outside ``table_dir``) and renamed into place. Returns the paths written.
     """
 
     def __init__(
@@ -465,10 +492,13 @@ class WritePaneFiles(beam.PTransform):
         partition_column: str,
         time_column: str,
         sum_column: str | None = None,
+        partition_seconds: int = 1,
     ) -> None:
         super().__init__()
         if not table_dir or not temp_dir:
             raise ValueError("table_dir and temp_dir are required")
+        if partition_seconds <= 0:
+            raise ValueError("partition_seconds must be positive")
         if time_column not in schema.names:
             raise ValueError(f"time_column {time_column!r} is not in the schema")
         self.table = table
@@ -478,12 +508,19 @@ class WritePaneFiles(beam.PTransform):
         self.partition_column = partition_column
         self.time_column = time_column
         self.sum_column = sum_column
+        self.partition_seconds = partition_seconds
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        column, time_column = self.partition_column, self.time_column
+        column, time_column, seconds = self.partition_column, self.time_column, self.partition_seconds
+
+        def partition(row: dict[str, Any]) -> str:
+            at: dt.datetime = row[time_column]
+            floored = dt.datetime.fromtimestamp(int(at.timestamp()) // seconds * seconds, dt.UTC)
+            return partition_name(column, floored)
+
         return (
             rows
-            | "KeyByPartition" >> beam.Map(lambda row: (partition_name(column, row[time_column]), row))
+            | "KeyByPartition" >> beam.Map(lambda row: (partition(row), row))
             | "GroupPane" >> beam.GroupByKey()
             | "WriteFile"
             >> beam.ParDo(

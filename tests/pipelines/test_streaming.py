@@ -199,3 +199,33 @@ def test_dedup_state_expires_after_the_horizon(tiny_catalog: Path) -> None:
             equal_to([(EPOCH, 1), (EPOCH + dt.timedelta(hours=1, minutes=5), 1)]),
             label="CountedAgainPastTheHorizon",
         )
+
+
+def test_a_conflicting_duplicate_counts_once_and_is_recorded(tiny_catalog: Path) -> None:
+    first = play("T2", received_second=5, ms_played=120_000)
+    retry = dict(first, received_at=EPOCH + dt.timedelta(seconds=6))  # same content: a plain duplicate
+    conflict = dict(first, received_at=EPOCH + dt.timedelta(seconds=7), ms_played=10_000)
+    stream = (
+        TestStream()
+        .advance_watermark_to(BASE)
+        .add_elements([at(5, message(first)), at(6, message(retry)), at(7, message(conflict))])
+        .advance_watermark_to_infinity()
+    )
+    with streaming_pipeline() as p:
+        outputs = build(p, stream, Sinks(), config(tiny_catalog))
+        assert_that(
+            outputs.ledger_rows | beam.Map(summary),
+            equal_to([("RH_B", "T2", 1, 1, 1000, "ON_TIME")]),  # the first copy, once
+            label="CountedOnce",
+        )
+        assert_that(
+            outputs.duplicates | beam.Map(lambda e: e["ms_played"]),
+            equal_to([120_000, 10_000]),
+            label="BothLaterCopiesAreDuplicates",
+        )
+        assert_that(
+            outputs.dead_letters
+            | beam.Map(lambda row: (row["stage"], row["event_id"], row["reason"].split(":")[0])),
+            equal_to([("dedup", first["event_id"], "conflicting duplicate")]),
+            label="ConflictRecorded",
+        )
