@@ -121,18 +121,32 @@ def _counter(name: str) -> Any:
     return Metrics.counter(METRICS_NAMESPACE, name)
 
 
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return bytes(sink.getvalue())
+
+
+def _from_ipc(payloads: Iterable[bytes]) -> pa.Table:
+    return pa.concat_tables(pa.ipc.open_stream(payload).read_all() for payload in payloads)
+
+
 class _ShardFn(beam.DoFn):
-    """A table of archived rows → ``(shard, rows of that shard)``, so each shard sees all copies of an id."""
+    """A table of archived rows → ``(shard, rows of that shard)``, so each shard sees all copies of an id.
+
+    Rows cross the shuffle as Arrow IPC bytes: compact, and cheap to write and read.
+    """
 
     def __init__(self) -> None:
         self.read = _counter("archived_rows_read")
 
-    def process(self, table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+    def process(self, table: pa.Table) -> Iterator[tuple[str, bytes]]:
         table = table.select(_COLUMNS)
         self.read.inc(table.num_rows)
         shards = pc.utf8_lower(pc.utf8_slice_codeunits(table["event_id"], 0, _SHARD_CHARS))
         for shard in pc.unique(shards).to_pylist():
-            yield shard, table.filter(pc.equal(shards, shard))
+            yield shard, _to_ipc(table.filter(pc.equal(shards, shard)))
 
 
 class _FirstCopiesFn(beam.DoFn):
@@ -145,21 +159,26 @@ class _FirstCopiesFn(beam.DoFn):
         self.duplicates = _counter("events_duplicate")
         self.conflicts = _counter("events_conflict")
 
-    def process(self, shard_tables: tuple[str, Iterable[pa.Table]]) -> Iterator[pa.Table]:
-        _, tables = shard_tables
-        rows = pa.concat_tables(list(tables)).sort_by(
-            [("event_id", "ascending"), ("received_at", "ascending"), ("message_id", "ascending")]
-        )
+    def process(self, shard_payloads: tuple[str, Iterable[bytes]]) -> Iterator[pa.Table]:
+        _, payloads = shard_payloads
+        rows = _from_ipc(payloads)
         if rows.num_rows == 0:
             return
-        ids = rows["event_id"]
+        # Ids as small integers, so the sort compares numbers, not 36-character strings.
+        id_numbers = pc.dictionary_encode(rows["event_id"]).combine_chunks().indices
+        order = pc.sort_indices(
+            pa.table(
+                {"id": id_numbers, "received_at": rows["received_at"], "message_id": rows["message_id"]}
+            ),
+            sort_keys=[("id", "ascending"), ("received_at", "ascending"), ("message_id", "ascending")],
+        )
+        rows = rows.take(order)
+        ids = id_numbers.take(order)
         # Sorted by id: a row starts a new id where it differs from the row before it.
-        starts = pc.not_equal(ids.slice(1), ids.slice(0, rows.num_rows - 1))
-        first = pa.concat_arrays([pa.array([True]), starts.combine_chunks()])
+        first = pa.concat_arrays([pa.array([True]), pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))])
         first_copies = rows.filter(first)
-        later_copies = rows.filter(pc.invert(first))
-        if later_copies.num_rows:
-            self._count_copies(first_copies, later_copies)
+        if first_copies.num_rows < rows.num_rows:
+            self._count_copies(rows, first)
         received = first_copies["received_at"]
         start = pa.scalar(self.period.start, type=received.type)
         end = pa.scalar(self.period.end, type=received.type)
@@ -168,18 +187,20 @@ class _FirstCopiesFn(beam.DoFn):
         if in_period.num_rows:
             yield in_period
 
-    def _count_copies(self, first_copies: pa.Table, later_copies: pa.Table) -> None:
-        # A later copy whose content differs from the first is a conflict: counted once
+    def _count_copies(self, rows: pa.Table, first: pa.Array) -> None:
+        # Each row's copy number within its id: the first copies are the group heads.
+        group = pc.subtract(pc.cumulative_sum(pc.cast(first, pa.int64())), 1)
+        heads = rows.filter(first)
+        later = pc.invert(first)
+        later_rows = rows.filter(later)
+        later_heads = heads.take(group.filter(later))
+        # A later copy whose content differs from its first is a conflict: counted once
         # (the first copy counts), never merged.
-        joined = later_copies.select(["event_id", *_CONTENT_COLUMNS]).join(
-            first_copies.select(["event_id", *_CONTENT_COLUMNS]), "event_id", right_suffix="_first"
-        )
-        same = pa.array([True] * joined.num_rows)
+        same = pa.array([True] * later_rows.num_rows)
         for column in _CONTENT_COLUMNS:
-            same = pc.and_(same, pc.equal(joined[column], joined[f"{column}_first"]))
-        conflicting = joined.num_rows - pc.sum(same).as_py() if joined.num_rows else 0
-        self.duplicates.inc(later_copies.num_rows)
-        self.conflicts.inc(conflicting)
+            same = pc.and_(same, pc.equal(later_rows[column], later_heads[column]))
+        self.duplicates.inc(later_rows.num_rows)
+        self.conflicts.inc(later_rows.num_rows - pc.sum(same).as_py())
 
 
 class _CountGroupsFn(beam.DoFn):
