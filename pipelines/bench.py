@@ -1,0 +1,242 @@
+"""``playledger bench pipeline``: how fast the royalty pipelines run on this machine.
+
+Streaming, on the direct runner against the Pub/Sub emulator: a backlog of play events
+in batched messages is read twice, once by a pipeline that only pulls and decodes (the
+transport ceiling) and once by the whole streaming pipeline with de-duplication on;
+events per second for each, and the ratio.
+
+Batch: an archive of generated plays (with 5 % retried copies) is recomputed by the
+batch pipeline and, on the same files, by DuckDB doing the same de-duplication and
+aggregation in SQL; events per second for each, and the ratio.
+
+A benchmark, not a test: it prints what it measured and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import duckdb
+import google.cloud.pubsub_v1 as pubsub_v1
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.gcp.pubsub import ReadFromPubSub
+from apache_beam.options.pipeline_options import PipelineOptions
+from rich.console import Console
+from rich.table import Table
+
+from ingest.pubsub import PubSubNames, emulator_from_env_or_started, ensure_topology
+from ledger.catalog import DEFAULT_CATALOG_DIR, Catalog
+from ledger.tables import ARCHIVE_DIR, partition_name
+from pipelines import batch
+from pipelines.config import PipelineConfig
+from pipelines.direct_runner import mend_direct_runner_metrics
+from pipelines.streaming import build, parquet_sinks
+from pipelines.supervisor import Heartbeat, counters
+from pipelines.transforms import DecodePlayMessages
+from schemas.codec import encode_batch
+
+__all__ = ["main"]
+
+START = dt.datetime(2026, 11, 28, tzinfo=dt.UTC)
+
+
+def _plays(count: int, seed: int, now: dt.datetime) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    tracks = sorted(Catalog.load(DEFAULT_CATALOG_DIR).track_ids)
+    territories = ["US", "GB", "SE", "DE", "NO"]
+    return [
+        {
+            "event_id": str(uuid.UUID(int=int(rng.integers(0, 2**63)), version=4)),
+            "user_id": f"user-{int(rng.integers(0, 10_000))}",
+            "track_id": tracks[int(rng.integers(0, len(tracks)))],
+            "played_at": now - dt.timedelta(minutes=3),
+            "ms_played": int(rng.integers(0, 300_000)),
+            "territory": territories[int(rng.integers(0, len(territories)))],
+            "product": "premium" if rng.random() < 0.6 else "free",
+            "context": "playlist",
+            "bitrate_kbps": 160,
+            "offline": False,
+            "device": None,
+            "received_at": now,
+        }
+        for _ in range(count)
+    ]
+
+
+def _publish_backlog(topic: str, events: int, per_message: int) -> None:
+    publisher = pubsub_v1.PublisherClient()
+    now = dt.datetime.now(dt.UTC)
+    template = _plays(per_message, 1, now)
+    pending = []
+    for start in range(0, events, per_message):
+        size = min(per_message, events - start)
+        # Fresh ids per message; the rest of the content repeats, which decode does not care about.
+        plays = [dict(play, event_id=str(uuid.uuid4())) for play in template[:size]]
+        message = encode_batch(plays, uuid.uuid4().hex)
+        pending.append(publisher.publish(topic, message.data, **message.attributes))
+    futures.wait(pending)
+    publisher.stop()
+
+
+def _time_until(result: Any, done: Callable[[dict[str, int]], bool], timeout: float) -> float:
+    """Seconds from now until ``done(counters)``; the pipeline is cancelled afterwards."""
+    started = time.monotonic()
+    try:
+        while time.monotonic() - started < timeout:
+            if done(counters(result)):
+                return time.monotonic() - started
+            time.sleep(0.1)
+        raise TimeoutError(f"not done in {timeout:g} s: {counters(result)}")
+    finally:
+        result.cancel()
+
+
+def bench_streaming(events: int, per_message: int, console: Console) -> tuple[float, float]:
+    """(ceiling events/s: pull + decode, end-to-end events/s with de-duplication)."""
+    mend_direct_runner_metrics()
+    with emulator_from_env_or_started():
+        suffix = uuid.uuid4().hex[:8]
+        names = PubSubNames(
+            topic_id=f"bench-{suffix}",
+            royalties_id=f"bench-full-{suffix}",
+            archive_id=f"bench-ceiling-{suffix}",
+        )
+        ensure_topology(names)
+        with console.status(f"publishing {events:,} events in messages of {per_message}…"):
+            _publish_backlog(names.topic, events, per_message)
+        heartbeat = Heartbeat(names.topic, 0.5)
+        heartbeat.start()
+        try:
+            options = PipelineOptions([], streaming=True, runner="BundleBasedDirectRunner")
+            with console.status("transport ceiling: pull + decode…"):
+                ceiling = beam.Pipeline(options=options)
+                _ = (
+                    ceiling
+                    | ReadFromPubSub(subscription=names.archive, with_attributes=True)
+                    | DecodePlayMessages()
+                )
+                seconds = _time_until(ceiling.run(), lambda c: c.get("events_decoded", 0) >= events, 600)
+            ceiling_rate = events / seconds
+            with (
+                console.status("whole streaming pipeline with de-duplication…"),
+                tempfile.TemporaryDirectory() as data,
+            ):
+                full = beam.Pipeline(options=options)
+                build(
+                    full,
+                    ReadFromPubSub(subscription=names.royalties, with_attributes=True),
+                    parquet_sinks(data),
+                    PipelineConfig(early_firing_seconds=1),
+                )
+                seconds = _time_until(full.run(), lambda c: c.get("events_unique", 0) >= events, 900)
+            full_rate = events / seconds
+        finally:
+            heartbeat.stopped.set()
+    return ceiling_rate, full_rate
+
+
+def _write_archive(data_dir: Path, events: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    tracks = np.array(sorted(Catalog.load(DEFAULT_CATALOG_DIR).track_ids))
+    ids = np.array([str(uuid.UUID(int=int(x), version=4)) for x in rng.integers(0, 2**63, events)])
+    retried = rng.random(events) < 0.05
+    ids[retried] = np.roll(ids, 1)[retried]
+    received = (START.timestamp() * 1e6 + rng.uniform(0, 3600e6, events)).astype("int64")
+    table = pa.table(
+        {
+            "event_id": ids,
+            "user_id": np.char.add("user-", rng.integers(0, 10_000, events).astype(str)),
+            "track_id": tracks[rng.integers(0, len(tracks), events)],
+            "played_at": pa.array(received - 180_000_000, pa.timestamp("us", tz="UTC")),
+            "ms_played": rng.integers(0, 300_000, events),
+            "territory": np.array(["US", "GB", "SE", "DE", "NO"])[rng.integers(0, 5, events)],
+            "product": np.array(["free", "premium"])[rng.integers(0, 2, events)],
+            "received_at": pa.array(received, pa.timestamp("us", tz="UTC")),
+            "message_id": np.char.add("m", np.arange(events).astype(str)),
+        }
+    )
+    folder = data_dir / ARCHIVE_DIR / partition_name("hour", START)
+    folder.mkdir(parents=True)
+    for index, offset in enumerate(range(0, events, 500_000)):
+        pq.write_table(table.slice(offset, 500_000), folder / f"part-{index}.parquet")
+
+
+def bench_batch(events: int, console: Console) -> tuple[float, float]:
+    """(batch pipeline events/s, DuckDB events/s) on the same archive files."""
+    with tempfile.TemporaryDirectory() as data:
+        with console.status(f"writing an archive of {events:,} events…"):
+            _write_archive(Path(data), events, seed=3)
+        with console.status("batch pipeline…"):
+            started = time.monotonic()
+            batch.run(["--data-dir", data, "--period", START.isoformat(), "--period-seconds", "3600"])
+            pipeline_rate = events / (time.monotonic() - started)
+        with console.status("DuckDB, same de-duplication and aggregation…"):
+            started = time.monotonic()
+            duckdb.execute(
+                f"""
+                WITH first_copies AS (
+                    SELECT * FROM read_parquet('{data}/{ARCHIVE_DIR}/*/*.parquet')
+                    QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY received_at, message_id) = 1
+                )
+                SELECT track_id, territory, product, count(*), sum((ms_played >= 30000)::INTEGER)
+                FROM first_copies
+                WHERE received_at >= TIMESTAMPTZ '{START.isoformat()}'
+                  AND received_at < TIMESTAMPTZ '{(START + dt.timedelta(hours=1)).isoformat()}'
+                GROUP BY ALL
+                """
+            ).fetchall()
+            duckdb_rate = events / (time.monotonic() - started)
+    return pipeline_rate, duckdb_rate
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Measure and print; see the module docstring."""
+    parser = argparse.ArgumentParser(prog="playledger bench pipeline", description=__doc__.split("\n")[0])
+    parser.add_argument("--streaming-events", type=int, default=200_000)
+    parser.add_argument("--events-per-message", type=int, default=500)
+    parser.add_argument("--batch-events", type=int, default=2_000_000)
+    parser.add_argument("--skip-streaming", action="store_true")
+    parser.add_argument("--skip-batch", action="store_true")
+    args = parser.parse_args(argv)
+    console = Console()
+    table = Table(title=f"playledger pipelines on this machine ({os.cpu_count()} cores)")
+    for column in ("run", "events", "events/s", "compared with", "ratio", "target"):
+        table.add_column(column, justify="right" if column in ("events", "events/s", "ratio") else "left")
+    if not args.skip_streaming:
+        ceiling, full = bench_streaming(args.streaming_events, args.events_per_message, console)
+        events = f"{args.streaming_events:,}"
+        table.add_row("streaming: pull + decode", events, f"{ceiling:,.0f}", "", "", "")
+        table.add_row(
+            "streaming: whole, dedup on",
+            events,
+            f"{full:,.0f}",
+            "pull + decode",
+            f"{full / ceiling:.0%}",
+            "≥ 50,000/s and ≥ 60 %",
+        )
+    if not args.skip_batch:
+        pipeline_rate, duckdb_rate = bench_batch(args.batch_events, console)
+        events = f"{args.batch_events:,}"
+        table.add_row(
+            "batch recompute (Beam)",
+            events,
+            f"{pipeline_rate:,.0f}",
+            "DuckDB",
+            f"{pipeline_rate / duckdb_rate:.0%}",
+            "≥ 1,000,000/s",
+        )
+        table.add_row("DuckDB, same query", events, f"{duckdb_rate:,.0f}", "", "", "")
+    console.print(table)
+    return 0
