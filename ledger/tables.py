@@ -2,7 +2,9 @@
 
 The ledger is an append-only journal of delta rows: each window pane of the pipeline
 appends new files under ``<data-dir>/ledger/period=<YYYYMMDDTHHMMSSZ>/``; balances are
-sums. Dead letters go the same way under ``<data-dir>/dead_letters/``.
+sums. Dead letters go the same way under ``<data-dir>/dead_letters/``. The archiver
+writes every event it receives, with its Pub/Sub envelope, under
+``<data-dir>/archive/hour=<YYYYMMDDTHH0000Z>/`` (see ``runbooks/archive.md``).
 """
 
 from __future__ import annotations
@@ -12,15 +14,23 @@ import datetime as dt
 import pyarrow as pa
 
 __all__ = [
+    "ARCHIVE_DIR",
+    "ARCHIVE_SCHEMA",
+    "COUNTERS_DIR",
+    "COUNTERS_SCHEMA",
     "DEAD_LETTERS_DIR",
     "DEAD_LETTER_SCHEMA",
+    "FINAL_LEDGER_DIR",
     "LEDGER_DIR",
     "LEDGER_SCHEMA",
     "partition_name",
 ]
 
 LEDGER_DIR = "ledger"
+# The batch recompute's final ledger: one file per period, replaced whole by a recompute.
+FINAL_LEDGER_DIR = "ledger_final"
 DEAD_LETTERS_DIR = "dead_letters"
+ARCHIVE_DIR = "archive"
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -41,6 +51,19 @@ LEDGER_SCHEMA = pa.schema(
     ]
 )
 
+# Elements per pipeline branch per period, appended as deltas like the ledger.
+COUNTERS_DIR = "counters"
+COUNTERS_SCHEMA = pa.schema(
+    [
+        pa.field("period_start", _TS, nullable=False),
+        pa.field("period_end", _TS, nullable=False),
+        pa.field("counter", pa.string(), nullable=False),
+        pa.field("value", pa.int64(), nullable=False),
+        pa.field("pane_timing", pa.string(), nullable=False),
+        pa.field("written_at", _TS, nullable=False),
+    ]
+)
+
 DEAD_LETTER_SCHEMA = pa.schema(
     [
         pa.field("dead_at", _TS, nullable=False),
@@ -52,6 +75,35 @@ DEAD_LETTER_SCHEMA = pa.schema(
         pa.field("attributes_json", pa.string(), nullable=False),
     ]
 )
+
+
+ARCHIVE_SCHEMA = pa.schema(
+    [
+        # The PlayEvent fields, as the codec decodes them (enums as strings).
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("user_id", pa.string(), nullable=False),
+        pa.field("track_id", pa.string(), nullable=False),
+        pa.field("played_at", _TS, nullable=False),
+        pa.field("ms_played", pa.int64(), nullable=False),
+        pa.field("territory", pa.string(), nullable=False),
+        pa.field("product", pa.string(), nullable=False),
+        pa.field("context", pa.string(), nullable=False),
+        pa.field("bitrate_kbps", pa.int32(), nullable=False),
+        pa.field("offline", pa.bool_(), nullable=False),
+        pa.field("device", pa.string()),
+        pa.field("received_at", _TS, nullable=False),
+        # The Pub/Sub envelope: a crash can archive a message twice, always whole and
+        # with the same message_id, so duplicates can be told from client retries.
+        pa.field("message_id", pa.string(), nullable=False),
+        pa.field("batch_id", pa.string()),
+        pa.field("publish_time", _TS, nullable=False),
+        # The hour folder the row is in: the hour of received_at, or a later open hour
+        # when that one was already closed (a skewed row).
+        pa.field("bucket_hour", _TS, nullable=False),
+        pa.field("archived_at", _TS, nullable=False),
+    ]
+)
+"""One row per archived play event; see ``runbooks/archive.md``."""
 
 
 def partition_name(column: str, start: dt.datetime) -> str:

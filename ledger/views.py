@@ -4,8 +4,19 @@
 
 - ``ledger``: every delta row the pipeline appended (contract columns, plus ``amount``
   as DECIMAL(38,6), the pane that wrote it and when). Balances are sums.
+- ``ledger_final``: the batch recompute's final rows per period (``playledger pipeline
+  batch``), same columns; the streaming ``ledger`` is provisional until then.
 - ``balances``: per period, rights holder and currency: plays, streams, amount.
+- ``counters``: elements per pipeline branch per period (``events_decoded``,
+  ``events_unique``, ``events_duplicate``, ``events_conflict``, ``events_invalid``,
+  ``messages_undecodable``), delta rows like the ledger: sum them per period to balance
+  ``decoded = unique + duplicate``.
 - ``dead_letters``: what the pipeline could not decode or validate, with the reason.
+- ``receipts``: the gateway's receipt journal, one row per event it answered 200 for
+  (``event_id``, ``batch_id``, ``received_at``, ``message_id``), from sealed Parquet hours
+  and the hours still open. Reconcile the ledger against it.
+- ``archive``: every play event the archiver wrote (``ARCHIVE_SCHEMA``: the event, its
+  Pub/Sub envelope and its hour bucket), the record the batch recompute replays.
 
 Before the first file exists each view is empty rather than an error. The connection
 is read-only in effect: it may read only the data directory's tables, and ``run_sql``
@@ -21,7 +32,18 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from ledger.tables import DEAD_LETTER_SCHEMA, DEAD_LETTERS_DIR, LEDGER_DIR, LEDGER_SCHEMA
+from ingest.journal import RECEIPT_SCHEMA, open_receipt_files, sealed_receipt_files
+from ledger.tables import (
+    ARCHIVE_DIR,
+    ARCHIVE_SCHEMA,
+    COUNTERS_DIR,
+    COUNTERS_SCHEMA,
+    DEAD_LETTER_SCHEMA,
+    DEAD_LETTERS_DIR,
+    FINAL_LEDGER_DIR,
+    LEDGER_DIR,
+    LEDGER_SCHEMA,
+)
 
 __all__ = ["QueryResult", "ReadOnlyQueryError", "open_ledger", "run_sql"]
 
@@ -45,25 +67,60 @@ def _table_source(
     return empty_name, []
 
 
+def _sql_list(paths: Sequence[Path]) -> str:
+    return "[" + ", ".join("'" + path.as_posix().replace("'", "''") + "'" for path in paths) + "]"
+
+
+def _receipts_source(connection: duckdb.DuckDBPyConnection, data: Path) -> tuple[str, list[str]]:
+    """SQL for the receipt journal as it is now (sealed and open hours), and the files it reads."""
+    sealed = sealed_receipt_files(data)
+    still_open = open_receipt_files(data)
+    columns = "event_id, batch_id, received_at, message_id"
+    parts = []
+    if sealed:
+        parts.append(f"SELECT {columns} FROM read_parquet({_sql_list(sealed)}, hive_partitioning = false)")
+    if still_open:
+        # A gateway killed mid-write leaves a torn last line (never acknowledged): it reads as NULLs.
+        parts.append(
+            f"SELECT {columns} FROM read_json({_sql_list(still_open)}, format = 'newline_delimited', "
+            "columns = {event_id: 'VARCHAR', batch_id: 'VARCHAR', received_at: 'TIMESTAMPTZ', "
+            "message_id: 'VARCHAR'}, ignore_errors = true) "
+            "WHERE event_id IS NOT NULL AND batch_id IS NOT NULL AND received_at IS NOT NULL "
+            "AND message_id IS NOT NULL"
+        )
+    if not parts:
+        connection.register("_receipts_empty", RECEIPT_SCHEMA.empty_table())
+        return f"SELECT {columns} FROM _receipts_empty", []
+    return " UNION ALL ".join(parts), [path.as_posix() for path in sealed + still_open]
+
+
 def open_ledger(data_dir: Path | str) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the ``ledger``, ``balances`` and ``dead_letters`` views."""
+    """An in-memory DuckDB connection with the views ``ledger``, ``ledger_final``, ``balances``,
+    ``counters``, ``dead_letters``, ``receipts`` and ``archive``.
+
+    The views are made of the files present when it is called: open it again to see later ones.
+    """
     data = Path(data_dir).resolve()
     connection = duckdb.connect(":memory:")
     ledger_source, ledger_files = _table_source(connection, data / LEDGER_DIR, "_ledger_empty", LEDGER_SCHEMA)
     dead_source, dead_files = _table_source(
         connection, data / DEAD_LETTERS_DIR, "_dead_letters_empty", DEAD_LETTER_SCHEMA
     )
-    connection.execute(
-        f"""
-        CREATE VIEW ledger AS
-        SELECT period_start, period_end, rights_holder_id, track_id, territory, product,
-               plays, streams, amount_micros,
-               CAST(CAST(amount_micros AS DECIMAL(38, 0)) * CAST(0.000001 AS DECIMAL(38, 6))
-                    AS DECIMAL(38, 6)) AS amount,
-               currency, pane_timing, written_at
-        FROM {ledger_source}
-        """
+    final_source, final_files = _table_source(
+        connection, data / FINAL_LEDGER_DIR, "_ledger_final_empty", LEDGER_SCHEMA
     )
+    for view, source in (("ledger", ledger_source), ("ledger_final", final_source)):
+        connection.execute(
+            f"""
+            CREATE VIEW {view} AS
+            SELECT period_start, period_end, rights_holder_id, track_id, territory, product,
+                   plays, streams, amount_micros,
+                   CAST(CAST(amount_micros AS DECIMAL(38, 0)) * CAST(0.000001 AS DECIMAL(38, 6))
+                        AS DECIMAL(38, 6)) AS amount,
+                   currency, pane_timing, written_at
+            FROM {source}
+            """
+        )
     connection.execute(
         """
         CREATE VIEW balances AS
@@ -77,8 +134,19 @@ def open_ledger(data_dir: Path | str) -> duckdb.DuckDBPyConnection:
         """
     )
     connection.execute(f"CREATE VIEW dead_letters AS SELECT * FROM {dead_source}")
+    receipts_source, receipt_files = _receipts_source(connection, data)
+    connection.execute(f"CREATE VIEW receipts AS {receipts_source}")
+    archive_source, archive_files = _table_source(
+        connection, data / ARCHIVE_DIR, "_archive_empty", ARCHIVE_SCHEMA
+    )
+    connection.execute(f"CREATE VIEW archive AS SELECT * FROM {archive_source}")
     # Only the files the views were made of may be opened, and no new path can be written.
-    connection.execute("SET allowed_paths = ?", [ledger_files + dead_files])
+    counters_source, counter_files = _table_source(
+        connection, data / COUNTERS_DIR, "_counters_empty", COUNTERS_SCHEMA
+    )
+    connection.execute(f"CREATE VIEW counters AS SELECT * FROM {counters_source}")
+    readable = ledger_files + final_files + dead_files + receipt_files + archive_files + counter_files
+    connection.execute("SET allowed_paths = ?", [readable])
     connection.execute("SET enable_external_access = false")
     connection.execute("SET lock_configuration = true")
     return connection

@@ -37,7 +37,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.transforms.combiners import TupleCombineFn
 
 from ledger.catalog import Catalog
-from ledger.tables import ARCHIVE_DIR, LEDGER_SCHEMA, partition_name
+from ledger.tables import ARCHIVE_DIR, FINAL_LEDGER_DIR, LEDGER_SCHEMA, partition_name
 from pipelines.config import PipelineConfig
 from pipelines.files import write_parquet_atomically
 from pipelines.options import BatchOptions, RoyaltyOptions, options_help
@@ -55,7 +55,6 @@ __all__ = [
 
 LOG = logging.getLogger(__name__)
 
-FINAL_LEDGER_DIR = "ledger_final"
 # The columns the recompute needs; the archive holds more.
 _COLUMNS = [
     "event_id",

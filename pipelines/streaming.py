@@ -24,6 +24,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io.gcp.pubsub import ReadFromPubSub
@@ -31,13 +32,21 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.utils.timestamp import Duration
 
 from ledger.catalog import Catalog
-from ledger.tables import DEAD_LETTER_SCHEMA, DEAD_LETTERS_DIR, LEDGER_DIR, LEDGER_SCHEMA
+from ledger.tables import (
+    COUNTERS_DIR,
+    COUNTERS_SCHEMA,
+    DEAD_LETTER_SCHEMA,
+    DEAD_LETTERS_DIR,
+    LEDGER_DIR,
+    LEDGER_SCHEMA,
+)
 from pipelines.config import PipelineConfig
 from pipelines.direct_runner import DIRECT_RUNNERS, mend_direct_runner_metrics
 from pipelines.options import RoyaltyOptions, StreamingOptions, options_help
 from pipelines.supervisor import COUNTERS_FILE, SupervisorSettings, supervise
 from pipelines.transforms import (
     AggregateLedger,
+    CountBranches,
     DecodeOutput,
     DecodePlayMessages,
     DedupByEventId,
@@ -64,6 +73,7 @@ class Sinks:
 
     ledger: beam.PTransform | None = None
     dead_letters: beam.PTransform | None = None
+    counters: beam.PTransform | None = None
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,7 @@ class PipelineOutputs:
     ledger_rows: beam.PCollection
     dead_letters: beam.PCollection
     duplicates: beam.PCollection
+    counters: beam.PCollection
 
 
 def parquet_sinks(data_dir: str, temp_dir: str | None = None) -> Sinks:
@@ -97,6 +108,14 @@ def parquet_sinks(data_dir: str, temp_dir: str | None = None) -> Sinks:
             partition_column="minute",
             time_column="dead_at",
             partition_seconds=60,
+        ),
+        counters=WritePaneFiles(
+            "counters",
+            f"{base}/{COUNTERS_DIR}",
+            f"{temp}/counters",
+            COUNTERS_SCHEMA,
+            partition_column="period",
+            time_column="period_start",
         ),
     )
 
@@ -131,11 +150,42 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
             config.late_firing_seconds,
         )
     )
+    counted = {
+        "decoded": decoded[DecodeOutput.EVENTS.value],
+        "dead_letters": decoded[DecodeOutput.DEAD_LETTERS.value],
+        "unique": deduped[DedupOutput.UNIQUE.value],
+        "duplicate": deduped[DedupOutput.DUPLICATES.value],
+        "conflict": deduped[DedupOutput.CONFLICTS.value],
+    }
+    counter_rows = counted | "CountBranches" >> CountBranches(
+        {
+            "decoded": _named("events_decoded"),
+            "dead_letters": _dead_letter_counter,
+            "unique": _named("events_unique"),
+            "duplicate": _named("events_duplicate"),
+            "conflict": _named("events_conflict"),
+        },
+        config.period_seconds,
+        config.early_firing_seconds,
+        config.allowed_lateness_hours,
+        config.late_firing_seconds,
+    )
     if sinks.ledger is not None:
         _ = ledger_rows | "WriteLedger" >> sinks.ledger
+    if sinks.counters is not None:
+        _ = counter_rows | "WriteCounters" >> sinks.counters
     if sinks.dead_letters is not None:
         _ = dead_letters | "WriteDeadLetters" >> sinks.dead_letters
-    return PipelineOutputs(ledger_rows, dead_letters, deduped[DedupOutput.DUPLICATES.value])
+    return PipelineOutputs(ledger_rows, dead_letters, deduped[DedupOutput.DUPLICATES.value], counter_rows)
+
+
+def _named(counter: str) -> Any:
+    return lambda _element: counter
+
+
+def _dead_letter_counter(row: dict[str, Any]) -> str:
+    # Undecodable messages and invalid events: one counter per stage that refused them.
+    return "messages_undecodable" if row["stage"] == "decode" else "events_invalid"
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -38,6 +38,7 @@ __all__ = [
     "METRICS_NAMESPACE",
     "AggregateLedger",
     "AttributeCounts",
+    "CountBranches",
     "CountPlays",
     "DecodeOutput",
     "DecodePlayMessages",
@@ -434,6 +435,66 @@ class AggregateLedger(beam.PTransform):
             )
             | "CountPlays" >> CountPlays(self.min_stream_ms)
             | "AttributeCounts" >> AttributeCounts(self.catalog)
+        )
+
+
+class _ToCounterRowFn(beam.DoFn):
+    def process(
+        self,
+        named_count: tuple[str, int],
+        window: Any = beam.DoFn.WindowParam,
+        pane: Any = beam.DoFn.PaneInfoParam,
+    ) -> Iterator[dict[str, Any]]:
+        counter, value = named_count
+        yield {
+            "period_start": window.start.to_utc_datetime(has_tz=True),
+            "period_end": window.end.to_utc_datetime(has_tz=True),
+            "counter": counter,
+            "value": value,
+            "pane_timing": _PANE_TIMING.get(pane.timing, "UNKNOWN"),
+            "written_at": dt.datetime.now(dt.UTC),
+        }
+
+
+class CountBranches(beam.PTransform):
+    """Named branches of the pipeline → counter rows per period (deltas, like the ledger).
+
+    Each element of a branch counts once in the period of its timestamp (an event's
+    ``received_at``; an undecodable message's publish time), so reconciliation can
+    balance a period: ``decoded = unique + duplicate``, and so on. A branch given as a
+    function names each element's counter (dead letters count per stage).
+    """
+
+    def __init__(
+        self,
+        branches: dict[str, Any],
+        period_seconds: int,
+        early_firing_seconds: int,
+        allowed_lateness_hours: int,
+        late_firing_seconds: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not branches:
+            raise ValueError("at least one branch to count")
+        self.branches = branches
+        self.window = (
+            period_seconds,
+            early_firing_seconds,
+            Duration(seconds=allowed_lateness_hours * 3600),
+            late_firing_seconds,
+        )
+
+    def expand(self, pcolls: dict[str, beam.PCollection]) -> beam.PCollection:
+        keyed = []
+        for name, pcoll in pcolls.items():
+            namer = self.branches[name]
+            keyed.append(pcoll | f"Name{name}" >> beam.Map(lambda element, n=namer: (n(element), 1)))
+        return (
+            keyed
+            | "AllBranches" >> beam.Flatten()
+            | "WindowByPeriod" >> append_window(*self.window)
+            | "SumPerCounter" >> beam.CombinePerKey(sum)
+            | "ToCounterRow" >> beam.ParDo(_ToCounterRowFn())
         )
 
 

@@ -22,6 +22,7 @@ from sample_plays import EPOCH, message, play
 
 from ledger.catalog import DEFAULT_CATALOG_DIR, Catalog
 from ledger.tables import partition_name
+from ledger.views import open_ledger, run_sql
 from pipelines.batch import FINAL_LEDGER_DIR, Period, ReadArchiveFiles, WriteFinalLedger, archive_files, build
 from pipelines.config import PipelineConfig
 from pipelines.streaming import build as build_streaming
@@ -87,10 +88,7 @@ def test_first_copies_conflicts_and_period_bounds(tmp_path: Path) -> None:
     assert totals["events_unique"] == 1  # only `first`
     assert totals["events_duplicate"] == 3  # retry, conflict, before_retry
     assert totals["events_conflict"] == 1
-    final = f"{tmp_path}/{FINAL_LEDGER_DIR}/*/*.parquet"
-    rows = duckdb.execute(
-        f"SELECT sum(plays), sum(streams), count(*) FROM read_parquet('{final}')"
-    ).fetchall()
+    rows = run_sql(open_ledger(tmp_path), "SELECT sum(plays), sum(streams), count(*) FROM ledger_final").rows
     holders = len(catalog.splits_for(track) or ())
     assert rows == [(holders, holders, holders)]
 

@@ -16,6 +16,7 @@ from apache_beam.testing.util import assert_that, equal_to, equal_to_per_window
 from apache_beam.transforms.window import IntervalWindow, TimestampedValue
 from sample_plays import EPOCH, message, play
 
+from ledger.views import open_ledger, run_sql
 from pipelines.config import PipelineConfig
 from pipelines.streaming import Sinks, build, parquet_sinks
 from schemas.codec import ATTR_KIND, KIND_HEARTBEAT
@@ -30,7 +31,10 @@ def streaming_pipeline() -> TestPipeline:
 
 
 def config(catalog: Path) -> PipelineConfig:
-    return PipelineConfig(period_seconds=PERIOD, early_firing_seconds=5, catalog_dir=catalog)
+    # TestStream's frozen clock never fires a processing-time trigger for late data: a pane per late play.
+    return PipelineConfig(
+        period_seconds=PERIOD, early_firing_seconds=5, late_firing_seconds=0, catalog_dir=catalog
+    )
 
 
 def summary(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -167,6 +171,10 @@ def test_ledger_and_dead_letters_land_as_parquet(tiny_catalog: Path, tmp_path: P
         f"SELECT stage, batch_id FROM read_parquet('{data_dir}/dead_letters/*/*.parquet')"
     ).fetchall()
     assert dead == [("decode", "b-junk")]
+    counters = run_sql(
+        open_ledger(data_dir), "SELECT counter, sum(value) FROM counters GROUP BY ALL ORDER BY ALL"
+    ).rows
+    assert counters == [("events_decoded", 4), ("events_unique", 4), ("messages_undecodable", 1)]
 
 
 def test_dedup_state_expires_after_the_horizon(tiny_catalog: Path) -> None:
@@ -185,7 +193,11 @@ def test_dedup_state_expires_after_the_horizon(tiny_catalog: Path) -> None:
         .advance_watermark_to_infinity()
     )
     one_hour = PipelineConfig(
-        period_seconds=PERIOD, early_firing_seconds=5, dedup_horizon_hours=1, catalog_dir=tiny_catalog
+        period_seconds=PERIOD,
+        early_firing_seconds=5,
+        late_firing_seconds=0,
+        dedup_horizon_hours=1,
+        catalog_dir=tiny_catalog,
     )
     with streaming_pipeline() as p:
         outputs = build(p, stream, Sinks(), one_hour)
@@ -228,4 +240,35 @@ def test_a_conflicting_duplicate_counts_once_and_is_recorded(tiny_catalog: Path)
             | beam.Map(lambda row: (row["stage"], row["event_id"], row["reason"].split(":")[0])),
             equal_to([("dedup", first["event_id"], "conflicting duplicate")]),
             label="ConflictRecorded",
+        )
+
+
+def test_counters_balance_per_period(tiny_catalog: Path) -> None:
+    """decoded = unique + duplicate in each period, and refusals are counted where they happened."""
+    first = play("T1", received_second=10)
+    retry = dict(first, received_at=EPOCH + dt.timedelta(seconds=70))  # a duplicate, counted in period 1
+    other = play("T2", received_second=75)
+    invalid = play("T2", received_second=80, territory="XX")
+    stream = (
+        TestStream()
+        .advance_watermark_to(BASE)
+        .add_elements([at(10, message(first))])
+        .add_elements([at(80, message(retry, other, invalid))])
+        .advance_watermark_to_infinity()
+    )
+    with streaming_pipeline() as p:
+        outputs = build(p, stream, Sinks(), config(tiny_catalog))
+        assert_that(
+            outputs.counters | beam.Map(lambda row: (row["counter"], row["value"])),
+            equal_to_per_window(
+                {
+                    period(0): [("events_decoded", 1), ("events_unique", 1)],
+                    period(1): [
+                        ("events_decoded", 2),
+                        ("events_unique", 1),
+                        ("events_duplicate", 1),
+                        ("events_invalid", 1),
+                    ],
+                }
+            ),
         )
