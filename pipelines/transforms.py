@@ -291,8 +291,6 @@ class CountPlays(beam.PTransform):
             events
             | "KeyByPlayGroup" >> beam.Map(_play_group(self.min_stream_ms))
             | "SumPlaysAndStreams" >> beam.CombinePerKey(SumPlaysAndStreams())
-            # An empty pane sums to no plays: nothing to attribute or to write.
-            | "DropEmptyPanes" >> beam.Filter(lambda group_counts: group_counts[1][0] > 0)
         )
 
 
@@ -320,6 +318,8 @@ class _AttributeCountsFn(beam.DoFn):
         pane: Any = beam.DoFn.PaneInfoParam,
     ) -> Iterator[dict[str, Any]]:
         (track_id, territory, product), (plays, streams) = group_counts
+        if plays == 0:
+            return  # an empty pane (see SumPlaysAndStreams): nothing to count or write
         if self.period is not None:
             period_start, period_end = self.period
             timing = "FINAL"
@@ -446,6 +446,8 @@ class _ToCounterRowFn(beam.DoFn):
         pane: Any = beam.DoFn.PaneInfoParam,
     ) -> Iterator[dict[str, Any]]:
         counter, value = named_count
+        if value == 0:
+            return  # an empty pane: nothing counted
         yield {
             "period_start": window.start.to_utc_datetime(has_tz=True),
             "period_end": window.end.to_utc_datetime(has_tz=True),
