@@ -1,36 +1,55 @@
-"""The ingestion gateway: ``POST /v1/events`` validates, encodes and publishes play events.
+"""The ingestion gateway: ``POST /v1/events`` validates, encodes, publishes and journals play events.
 
-One request carries a batch ``{"events": [...]}``. The gateway checks the API key
-before it reads the body, validates every event against the v1 contract, stamps the
-valid ones with one ``received_at`` from its own clock, encodes them with the shared
-codec into one Pub/Sub message and replies only once Pub/Sub has confirmed it::
+One request carries a batch ``{"events": [...]}``. The gateway checks, in this order and
+before it reads the body: the API key (401), the key's rate limit (429 with
+``Retry-After``), the content type (415) and the declared size (413). It then parses
+the body (400), counts the events (413), validates every event against the v1
+contract, stamps the valid ones with one ``received_at`` from its own clock, encodes
+them with the shared codec into one Pub/Sub message, waits for Pub/Sub to confirm it,
+appends a receipt per event to the journal and syncs it, and only then replies::
 
     200 {"accepted": 2, "rejected": [{"index": 1, "event_id": "…", "errors": ["ms_played: …"]}],
          "batch_id": "…"}
 
-400 not JSON or wrong shape, 401 bad or missing key, 413 too large, 503 with
-``Retry-After`` when publishing failed (nothing accepted). Every error is
-``{"error": "<message>"}``; ``GET /healthz`` answers 200 when ready.
+503 with ``Retry-After`` when the batch could not be confirmed published and journaled
+(nothing accepted), or when too many publishes are in flight already: the gateway
+sheds load rather than queue it without bound. Every error is ``{"error": "<message>"}``.
+``GET /healthz`` answers 200 when ready (503 while stopping), ``GET /metrics`` the
+Prometheus metrics, ``GET /openapi.json`` the API document (``ingest/openapi.json``).
 
-Run it with ``serve(GatewaySettings.from_env(port=8080))``; SIGINT or SIGTERM stops
-accepting connections, lets in-flight requests finish and closes the publisher.
+Run it with ``serve(settings)``; SIGINT or SIGTERM stops accepting connections, lets
+in-flight requests finish their publishes, seals the journal and closes the publisher.
+SIGHUP re-reads the API key file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
+import contextlib
 import json
 import logging
+import math
 import signal
+import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from limits import RateLimitItem
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ingest.journal import JournalError, ReceiptJournal
+from ingest.keys import ApiKeyStore
+from ingest.logs import REQUEST_ID_HEADER, request_id_for, reset_request_id, set_request_id
+from ingest.metrics import GatewayMetrics
 from ingest.publisher import BatchPublisher, EventPublisher, PublishError
 from ingest.settings import GatewaySettings
 from schemas.codec import encode_batch
@@ -39,67 +58,163 @@ from schemas.validation import validate_event
 __all__ = [
     "EVENTS_PATH",
     "HEALTH_PATH",
+    "METRICS_PATH",
+    "OPENAPI_FILE",
+    "OPENAPI_PATH",
     "BatchPublisher",
     "EventPublisher",
     "GatewaySettings",
+    "GatewayStartError",
     "PublishError",
+    "api_key_store",
     "create_app",
     "serve",
+    "validate_batch",
 ]
 
 logger = logging.getLogger(__name__)
 
 EVENTS_PATH = "/v1/events"
 HEALTH_PATH = "/healthz"
-_KEPT_HEADERS = frozenset({"allow", "retry-after"})
+METRICS_PATH = "/metrics"
+OPENAPI_PATH = "/openapi.json"
+OPENAPI_FILE = Path(__file__).resolve().with_name("openapi.json")
+_KEPT_HEADERS = frozenset({"allow", "retry-after", "www-authenticate"})
+# Seal a journal hour this long after its publish timeout has certainly passed.
+_JOURNAL_GRACE_MARGIN_SECONDS = 5.0
 
-_SETTINGS: web.AppKey[GatewaySettings] = web.AppKey("settings")
-_PUBLISHER: web.AppKey[BatchPublisher] = web.AppKey("publisher")
-_KEYS: web.AppKey[tuple[bytes, ...]] = web.AppKey("api_keys")
+
+class GatewayStartError(RuntimeError):
+    """The gateway could not start (Pub/Sub publisher, journal folder, port); the message says why."""
+
+
+class _RateLimiter:
+    """Per-API-key request limits over a moving window (the ``limits`` library, in memory)."""
+
+    def __init__(self, items: list[RateLimitItem]) -> None:
+        self._items = items
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def retry_after_seconds(self, key_id: str) -> int | None:
+        """Count one request for ``key_id``; ``None`` if allowed, else seconds until it would be."""
+        for item in self._items:
+            if not self._limiter.hit(item, key_id):
+                reset_time = self._limiter.get_window_stats(item, key_id).reset_time
+                return max(1, math.ceil(reset_time - time.time()))
+        return None
+
+
+@dataclass
+class _Gateway:
+    """Everything a request handler needs, held by the app."""
+
+    settings: GatewaySettings
+    publisher: BatchPublisher
+    metrics: GatewayMetrics
+    keys: ApiKeyStore
+    rate_limiter: _RateLimiter
+    journal: ReceiptJournal
+    openapi_document: bytes
+    publishes_in_flight: int = 0  # a semaphore that never queues: full means 503 at once
+    stopping: bool = False
+
+
+_GATEWAY: web.AppKey[_Gateway] = web.AppKey("gateway", _Gateway)
+
+
+def _json(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> web.Response:
+    try:
+        body = orjson.dumps(payload)
+    except TypeError:
+        # A client's string with a lone surrogate cannot be UTF-8: escape it instead.
+        body = json.dumps(payload).encode()
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": message}, status=status, headers=headers)
+    return _json(status, {"error": message}, headers)
+
+
+def _route_of(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
 
 
 @web.middleware
-async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every failure into a JSON error; never show a client a stack trace."""
+async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, metrics and JSON errors for every request; never a stack trace to a client."""
+    gateway = request.app[_GATEWAY]
+    request_id = request_id_for(request.headers.get(REQUEST_ID_HEADER))
+    token = set_request_id(request_id)
+    started = time.perf_counter()
+    response: web.StreamResponse
     try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        if exc.status == 404:
-            message = f"no such resource: {request.path}"
-        elif exc.status == 405:
-            message = f"method {request.method} is not allowed on {request.path}"
-        else:
-            message = exc.reason
-        kept = {name: value for name, value in exc.headers.items() if name.lower() in _KEPT_HEADERS}
-        return _error(exc.status, message, kept)
-    except Exception:
-        logger.exception("unexpected error on %s %s", request.method, request.path)
-        return _error(500, "internal error; the request was not processed")
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            if exc.status == 404:
+                message = f"no such resource: {request.path}"
+            elif exc.status == 405:
+                message = f"method {request.method} is not allowed on {request.path}"
+            else:
+                message = exc.reason
+            kept = {name: value for name, value in exc.headers.items() if name.lower() in _KEPT_HEADERS}
+            response = _error(exc.status, message, kept)
+        except Exception:
+            logger.exception("unexpected error on %s %s", request.method, request.path)
+            response = _error(500, "internal error; the request was not processed")
+        route = _route_of(request)
+        gateway.metrics.count_request(route, response.status)
+        if route == EVENTS_PATH:
+            gateway.metrics.request_seconds.observe(time.perf_counter() - started)
+        response.headers[REQUEST_ID_HEADER] = request_id
+        return response
+    finally:
+        reset_request_id(token)
 
 
-def _authorization_problem(header: str | None, keys: tuple[bytes, ...]) -> str | None:
-    """Why the ``Authorization`` header does not grant access, or ``None`` if it does."""
+def _authenticate(header: str | None, keys: ApiKeyStore) -> tuple[str | None, str | None]:
+    """``(key_id, None)`` if the ``Authorization`` header grants access, else ``(None, why not)``."""
     if header is None:
-        return "missing Authorization header: send 'Authorization: Bearer <api key>'"
+        return None, "missing Authorization header: send 'Authorization: Bearer <api key>'"
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token or " " in token:
-        return "malformed Authorization header: expected 'Bearer <api key>'"
-    presented = token.encode("utf-8", "surrogateescape")
-    matched = False
-    for key in keys:  # compare with every key, so the timing says nothing about which one
-        matched |= hmac.compare_digest(presented, key)
-    return None if matched else "invalid API key"
+        return None, "malformed Authorization header: expected 'Bearer <api key>'"
+    matched = keys.authenticate(token.encode("utf-8", "surrogateescape"))
+    return (matched, None) if matched is not None else (None, "invalid API key")
+
+
+def _content_type_problem(request: web.Request) -> str | None:
+    """Why the body's declared type is not JSON in UTF-8, or ``None`` if it is."""
+    declared = request.headers.get("Content-Type")
+    if declared is None:
+        return "missing Content-Type: send 'Content-Type: application/json'"
+    charset = request.charset
+    if request.content_type != "application/json" or (charset is not None and charset.lower() != "utf-8"):
+        return f"Content-Type must be application/json (UTF-8), got {declared[:100]!r}"
+    return None
 
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse_json(body: bytes) -> tuple[Any, str | None]:
+    """The parsed body, or why it is not JSON."""
+    try:
+        return orjson.loads(body), None
+    except orjson.JSONDecodeError:
+        pass
+    # orjson refuses a few things the contract lets through to per-event validation
+    # (a lone surrogate escape in a string, nesting deeper than 1024): let the standard
+    # parser decide, and explain in its words.
+    try:
+        return json.loads(body.decode("utf-8"), parse_constant=_reject_constant), None
+    except (ValueError, RecursionError) as error:
+        return None, f"body is not valid JSON: {error}"
 
 
 def _events_of(payload: object) -> list[Any] | str:
@@ -128,10 +243,14 @@ def _body_too_large(limit: int) -> web.Response:
     return response
 
 
-def _validate_all(
+def validate_batch(
     events: list[Any], received_at: datetime
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Valid events stamped with ``received_at``, and a rejection entry for every other one."""
+    """Valid events stamped with ``received_at``, and a rejection entry for every other one.
+
+    A rejection is ``{"index", "event_id", "errors"}``: the event's position in the
+    request, its ``event_id`` if it sent one as a string, and every broken rule.
+    """
     accepted: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
     for index, raw in enumerate(events):
@@ -147,11 +266,33 @@ def _validate_all(
     return accepted, rejected
 
 
+def _unavailable(gateway: _Gateway, cause: str, message: str) -> web.Response:
+    gateway.metrics.unavailable.labels(cause).inc()
+    seconds = gateway.settings.retry_after_seconds
+    return _error(503, f"{message}, retry in {seconds} s", {"Retry-After": str(seconds)})
+
+
 async def _post_events(request: web.Request) -> web.Response:
-    settings = request.app[_SETTINGS]
-    problem = _authorization_problem(request.headers.get("Authorization"), request.app[_KEYS])
-    if problem is not None:
+    gateway = request.app[_GATEWAY]
+    settings = gateway.settings
+    key_id, problem = _authenticate(request.headers.get("Authorization"), gateway.keys)
+    if key_id is None:
+        problem = problem or "invalid API key"
+        logger.info("401 from %s: %s", request.remote, problem)
         return _error(401, problem, {"WWW-Authenticate": 'Bearer realm="playledger"'})
+    retry_after = gateway.rate_limiter.retry_after_seconds(key_id)
+    if retry_after is not None:
+        logger.info("429 for API key %s: over %s, retry in %d s", key_id, settings.rate_limit, retry_after)
+        return _error(
+            429,
+            f"rate limit of {settings.rate_limit} requests per API key exceeded; retry in {retry_after} s",
+            {"Retry-After": str(retry_after)},
+        )
+    problem = _content_type_problem(request)
+    if problem is not None:
+        return _error(415, problem)
+    if gateway.stopping:
+        return _unavailable(gateway, "stopping", "the gateway is shutting down; nothing was accepted")
 
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         return _body_too_large(settings.max_body_bytes)
@@ -159,88 +300,232 @@ async def _post_events(request: web.Request) -> web.Response:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:  # chunked bodies have no Content-Length to check
         return _body_too_large(settings.max_body_bytes)
-    try:
-        payload = json.loads(body, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as error:
-        return _error(400, f"body is not valid JSON: {error}")
+    payload, problem = _parse_json(body)
+    if problem is not None:
+        return _error(400, problem)
     events = _events_of(payload)
     if isinstance(events, str):
         return _error(400, events)
     if len(events) > settings.max_events:
         return _error(413, f"too many events: {len(events)}, at most {settings.max_events} per request")
 
-    accepted, rejected = _validate_all(events, received_at=datetime.now(UTC))
+    received_at = datetime.now(UTC)
+    accepted, rejected = validate_batch(events, received_at)
+    gateway.metrics.count_rejections(rejected)
     batch_id: str | None = None
     if accepted:
+        if gateway.publishes_in_flight >= settings.max_in_flight_publishes:
+            return _unavailable(
+                gateway,
+                "in_flight_full",
+                f"{settings.max_in_flight_publishes} publishes are already waiting for Pub/Sub; "
+                "none of the events were accepted",
+            )
         batch_id = uuid.uuid4().hex
+        encoded = encode_batch(accepted, batch_id)
+        gateway.publishes_in_flight += 1
+        gateway.metrics.publishes_in_flight.inc()
+        started = time.perf_counter()
         try:
-            await request.app[_PUBLISHER].publish(encode_batch(accepted, batch_id))
+            message_id = await gateway.publisher.publish(encoded)
         except PublishError as error:
             logger.warning("batch %s of %d events not published: %s", batch_id, len(accepted), error)
-            return _error(
-                503,
-                f"could not publish to Pub/Sub; none of the events were accepted, "
-                f"retry in {settings.retry_after_seconds} s",
-                {"Retry-After": str(settings.retry_after_seconds)},
+            return _unavailable(
+                gateway, "publish_failed", "could not publish to Pub/Sub; none of the events were accepted"
             )
-    return web.json_response({"accepted": len(accepted), "rejected": rejected, "batch_id": batch_id})
+        finally:
+            gateway.metrics.publish_seconds.observe(time.perf_counter() - started)
+            gateway.metrics.publishes_in_flight.dec()
+            gateway.publishes_in_flight -= 1
+        published = time.perf_counter()
+        try:
+            await gateway.journal.record(batch_id, received_at, message_id, [e["event_id"] for e in accepted])
+        except JournalError as error:
+            # Published but not journaled: the client retries with the same event ids and the
+            # pipeline drops the copy, so the retry's receipt stands for both.
+            logger.error("batch %s published as %s but not journaled: %s", batch_id, message_id, error)
+            return _unavailable(
+                gateway,
+                "journal_failed",
+                "the receipt journal could not be written; send the same events again",
+            )
+        gateway.metrics.journal_write_seconds.observe(time.perf_counter() - published)
+        gateway.metrics.events_accepted.inc(len(accepted))
+    return _json(200, {"accepted": len(accepted), "rejected": rejected, "batch_id": batch_id})
 
 
 async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    if request.app[_GATEWAY].stopping:
+        return _json(503, {"status": "stopping"})
+    return _json(200, {"status": "ok"})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=generate_latest(request.app[_GATEWAY].metrics.registry),
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
+
+
+async def _openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[_GATEWAY].openapi_document, content_type="application/json")
+
+
+async def _run_journal(app: web.Application) -> AsyncIterator[None]:
+    journal = app[_GATEWAY].journal
+    await journal.start()
+    yield
+    await journal.close()
+
+
+async def _poll_key_file(keys: ApiKeyStore, every_seconds: float) -> None:
+    while True:
+        await asyncio.sleep(every_seconds)
+        try:
+            keys.reload_if_changed()
+        except Exception:  # a bug here must not stop the polling of later changes
+            logger.exception("checking the API key file failed")
+
+
+async def _watch_key_file(app: web.Application) -> AsyncIterator[None]:
+    gateway = app[_GATEWAY]
+    settings = gateway.settings
+    task = None
+    if settings.api_keys_file is not None and settings.keys_poll_seconds > 0:
+        task = asyncio.get_running_loop().create_task(
+            _poll_key_file(gateway.keys, settings.keys_poll_seconds)
+        )
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _mark_stopping(app: web.Application) -> None:
+    app[_GATEWAY].stopping = True
 
 
 def create_app(settings: GatewaySettings, publisher: BatchPublisher) -> web.Application:
-    """The gateway as an aiohttp application publishing through ``publisher``."""
-    app = web.Application(middlewares=[_json_errors], client_max_size=settings.max_body_bytes)
-    app[_SETTINGS] = settings
-    app[_PUBLISHER] = publisher
-    app[_KEYS] = tuple(key.encode("ascii") for key in sorted(settings.api_keys))
+    """The gateway as an aiohttp application publishing through ``publisher``.
+
+    The receipt journal opens when the app starts (an unusable data directory fails
+    then, before any port is bound) and is sealed when it is cleaned up.
+    """
+    metrics = GatewayMetrics()
+    keys = ApiKeyStore(
+        settings.api_keys,
+        settings.api_keys_file,
+        on_change=metrics.api_keys.set,
+        on_reload=lambda outcome: metrics.api_key_reloads.labels(outcome).inc(),
+    )
+    journal = ReceiptJournal(
+        settings.data_dir,
+        seal_grace_seconds=settings.publish_timeout_seconds + _JOURNAL_GRACE_MARGIN_SECONDS,
+        on_sealed=lambda path, rows: metrics.journal_sealed_files.inc(),
+    )
+    metrics.watch_journal(journal.lag_seconds, journal.open_files)
+    metrics.publishes_in_flight_limit.set(settings.max_in_flight_publishes)
+    gateway = _Gateway(
+        settings=settings,
+        publisher=publisher,
+        metrics=metrics,
+        keys=keys,
+        rate_limiter=_RateLimiter(settings.rate_limits),
+        journal=journal,
+        openapi_document=OPENAPI_FILE.read_bytes(),
+    )
+    app = web.Application(middlewares=[_observe], client_max_size=settings.max_body_bytes)
+    app[_GATEWAY] = gateway
+    app.cleanup_ctx.append(_run_journal)
+    app.cleanup_ctx.append(_watch_key_file)
+    app.on_shutdown.append(_mark_stopping)
     app.router.add_post(EVENTS_PATH, _post_events)
     app.router.add_get(HEALTH_PATH, _healthz)
+    app.router.add_get(METRICS_PATH, _metrics)
+    app.router.add_get(OPENAPI_PATH, _openapi)
     return app
+
+
+def api_key_store(app: web.Application) -> ApiKeyStore:
+    """The app's API keys, e.g. to reload them on a signal."""
+    return app[_GATEWAY].keys
 
 
 def serve(settings: GatewaySettings, on_ready: Callable[[int], None] | None = None) -> None:
     """Run the gateway until SIGINT or SIGTERM, then shut down gracefully and return.
 
-    ``on_ready`` is called with the port actually bound (useful with ``port=0``)
-    once the gateway accepts requests. Must be called from the main thread.
+    ``on_ready`` is called with the port actually bound (useful with ``port=0``) once the
+    gateway accepts requests. Raises ``GatewayStartError`` if it cannot start. Runs on
+    uvloop when it is installed. Must be called from the main thread.
     """
-    asyncio.run(_serve(settings, on_ready))
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_serve(settings, on_ready))
+
+
+def _make_publisher(settings: GatewaySettings) -> EventPublisher:
+    try:
+        return EventPublisher(settings.names.topic, settings.publish_timeout_seconds)
+    except Exception as error:  # no credentials, a malformed endpoint: the library's words say which
+        raise GatewayStartError(
+            f"cannot make a Pub/Sub publisher for {settings.names.topic}: {error}"
+        ) from None
+
+
+async def _listen(runner: web.AppRunner, settings: GatewaySettings) -> int:
+    site = web.TCPSite(runner, settings.host, settings.port)
+    try:
+        await site.start()
+    except OSError as error:
+        raise GatewayStartError(f"cannot listen on {settings.host}:{settings.port}: {error}") from None
+    port: int = runner.addresses[0][1]
+    return port
 
 
 async def _serve(settings: GatewaySettings, on_ready: Callable[[int], None] | None) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    publisher = EventPublisher(settings.names.topic, settings.publish_timeout_seconds)
+    publisher = _make_publisher(settings)
+    listening = False
     try:
-        # In-flight requests wait at most for one publish; give them that and a margin.
-        shutdown_timeout = settings.publish_timeout_seconds + 5.0
-        runner = web.AppRunner(create_app(settings, publisher), shutdown_timeout=shutdown_timeout)
-        await runner.setup()
+        app = create_app(settings, publisher)
+        # In-flight requests wait at most for one publish and one journal sync: give them that.
+        shutdown_timeout = settings.publish_timeout_seconds + _JOURNAL_GRACE_MARGIN_SECONDS
+        runner = web.AppRunner(app, shutdown_timeout=shutdown_timeout, access_log=None)
         try:
-            site = web.TCPSite(runner, settings.host, settings.port)
-            await site.start()
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(signum, stop.set)
-            port: int = runner.addresses[0][1]
+            await runner.setup()  # opens the journal: an unusable data dir fails here, before listening
+        except JournalError as error:
+            raise GatewayStartError(str(error)) from None
+        signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+        try:
+            port = await _listen(runner, settings)
+            listening = True
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+            loop.add_signal_handler(signal.SIGHUP, api_key_store(app).reload, "SIGHUP")
             logger.info(
-                "gateway listening on http://%s:%d%s, publishing to %s",
+                "gateway listening on http://%s:%d%s, publishing to %s, journal in %s",
                 settings.host,
                 port,
                 EVENTS_PATH,
                 settings.names.topic,
+                settings.data_dir / "journal",
             )
             if on_ready is not None:
                 on_ready(port)
             await stop.wait()
             logger.info("gateway stopping: finishing in-flight requests")
         finally:
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in signals:
                 loop.remove_signal_handler(signum)
-            # Closes the listening socket first, then waits for handlers in flight.
+            # Closes the listening socket first, waits for handlers in flight, then seals the journal.
             await runner.cleanup()
     finally:
         await asyncio.to_thread(publisher.close)
-        logger.info("gateway stopped")
+        if listening:
+            logger.info("gateway stopped")

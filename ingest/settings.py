@@ -1,63 +1,80 @@
 """The gateway's settings: one typed, frozen class, validated when it is made.
 
-A gateway that starts with no API keys, a placeholder key or a nonsensical limit is
-refused at start-up with a message saying what to fix, never at the first request.
+A gateway that starts with no API keys, a placeholder key, a nonsensical limit or a
+rate limit it cannot parse is refused at start-up with a message saying what to fix,
+never at the first request.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import limits
+
+from ingest.keys import (
+    API_KEYS_ENV,
+    API_KEYS_FILE_ENV,
+    MIN_API_KEY_CHARS,
+    check_api_keys,
+    parse_api_keys,
+    read_api_keys_file,
+)
 from ingest.pubsub import PubSubNames
 
-__all__ = ["API_KEYS_ENV", "MIN_API_KEY_CHARS", "GatewaySettings", "parse_api_keys"]
-
-API_KEYS_ENV = "PLAYLEDGER_API_KEYS"
-MIN_API_KEY_CHARS = 8
-
-# Values people paste from templates and docs; none of them is a secret.
-_PLACEHOLDER_KEYS = frozenset(
-    {"changeme", "change-me", "changethis", "secret", "secretkey", "secret-key", "password", "apikey"}
-    | {"api-key", "api_key", "your-api-key", "your_api_key", "placeholder", "example", "default", "token"}
-)
-_KEY_CHARS = re.compile(r"[\x21-\x7e]+")  # printable ASCII, no spaces: header-safe
+__all__ = [
+    "API_KEYS_ENV",
+    "API_KEYS_FILE_ENV",
+    "MIN_API_KEY_CHARS",
+    "GatewaySettings",
+    "parse_api_keys",
+    "parse_rate_limit",
+]
 
 
-def parse_api_keys(raw: str) -> frozenset[str]:
-    """Keys from a comma-separated list, blanks stripped and empty entries dropped."""
-    return frozenset(key.strip() for key in raw.split(",") if key.strip())
-
-
-def _key_problem(key: str) -> str | None:
-    if not _KEY_CHARS.fullmatch(key):
-        return "must be printable ASCII without spaces"
-    if key.lower() in _PLACEHOLDER_KEYS or (key.startswith("<") and key.endswith(">")) or len(set(key)) == 1:
-        return "is a placeholder, not a secret"
-    if len(key) < MIN_API_KEY_CHARS:
-        return f"is shorter than {MIN_API_KEY_CHARS} characters"
-    return None
+def parse_rate_limit(text: str) -> list[limits.RateLimitItem]:
+    """Rate limits like ``"1000/second"`` or ``"1000/second;20000/minute"``; ``ValueError`` if not."""
+    try:
+        items = limits.parse_many(text)
+    except ValueError:
+        items = []
+    if not items:
+        raise ValueError(
+            f"rate_limit {text!r} is not a rate limit: write e.g. '1000/second' or '1000/second;20000/minute'"
+        )
+    return items
 
 
 @dataclass(frozen=True, kw_only=True)
 class GatewaySettings:
     """Everything the gateway needs; raises ``ValueError`` on a setting it cannot run with.
 
-    ``port=0`` asks the OS for a free port. Body and event limits answer 413 when
-    exceeded; ``publish_timeout_seconds`` bounds the wait for Pub/Sub to confirm a
-    batch, after which the client gets 503 with ``Retry-After: retry_after_seconds``.
+    ``api_keys`` are the keys in force at start-up; with ``api_keys_file`` they were read
+    from that file, which is then re-read on SIGHUP and polled every
+    ``keys_poll_seconds`` (0: only on SIGHUP). ``data_dir`` holds the receipt journal
+    (``<data_dir>/journal/``). ``port=0`` asks the OS for a free port. Body and event
+    limits answer 413 when exceeded; ``rate_limit`` applies per API key and counts
+    requests (429 beyond it). At most ``max_in_flight_publishes`` batches wait for Pub/Sub
+    at once (503 beyond); ``publish_timeout_seconds`` bounds the wait for Pub/Sub to
+    confirm a batch, after which the client gets 503 with ``Retry-After:
+    retry_after_seconds``.
     """
 
     api_keys: frozenset[str]
+    data_dir: Path
+    api_keys_file: Path | None = None
+    keys_poll_seconds: float = 1.0
     host: str = "127.0.0.1"
     port: int = 8080
     names: PubSubNames = field(default_factory=PubSubNames)
     max_events: int = 500
     max_body_bytes: int = 1_048_576
+    rate_limit: str = "1000/second"
+    max_in_flight_publishes: int = 100
     publish_timeout_seconds: float = 10.0
     retry_after_seconds: int = 5
 
@@ -65,33 +82,71 @@ class GatewaySettings:
         if isinstance(self.api_keys, str):
             raise ValueError("api_keys must be a set of keys, not one string (use parse_api_keys)")
         object.__setattr__(self, "api_keys", frozenset(self.api_keys))
-        if not self.api_keys:
-            raise ValueError(f"no API keys: set {API_KEYS_ENV} to a comma-separated list of keys")
-        for index, key in enumerate(sorted(self.api_keys)):
-            problem = _key_problem(key)
-            if problem is not None:
-                # Never echo a key: it may be a real one with a typo.
-                raise ValueError(f"API key #{index + 1} in {API_KEYS_ENV} {problem}")
+        if not self.api_keys and self.api_keys_file is None:
+            raise ValueError(
+                f"no API keys: set {API_KEYS_ENV} to a comma-separated list of keys, "
+                f"or {API_KEYS_FILE_ENV} to a file of keys, one per line"
+            )
+        source = API_KEYS_ENV if self.api_keys_file is None else f"the key file {self.api_keys_file}"
+        check_api_keys(self.api_keys, source)
+        if not isinstance(self.data_dir, Path):
+            object.__setattr__(self, "data_dir", Path(self.data_dir))
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise ValueError(f"data_dir {self.data_dir} exists and is not a directory")
+        if self.api_keys_file is not None and not isinstance(self.api_keys_file, Path):
+            object.__setattr__(self, "api_keys_file", Path(self.api_keys_file))
         if not self.host:
             raise ValueError("host must not be empty")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be between 0 and 65535, got {self.port}")
-        for name in ("max_events", "max_body_bytes", "publish_timeout_seconds", "retry_after_seconds"):
+        for name in (
+            "max_events",
+            "max_body_bytes",
+            "max_in_flight_publishes",
+            "publish_timeout_seconds",
+            "retry_after_seconds",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be positive, got {value!r}")
+        if isinstance(self.keys_poll_seconds, bool) or self.keys_poll_seconds < 0:
+            raise ValueError(
+                f"keys_poll_seconds must be 0 (reload on SIGHUP only) or more, got {self.keys_poll_seconds!r}"
+            )
+        parse_rate_limit(self.rate_limit)
+
+    @property
+    def rate_limits(self) -> list[limits.RateLimitItem]:
+        """The per-key rate limits, parsed."""
+        return parse_rate_limit(self.rate_limit)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> GatewaySettings:
-        """Settings with API keys from ``PLAYLEDGER_API_KEYS``; keyword arguments override.
+        """Settings with API keys from the environment; keyword arguments override.
 
-        ``environ`` defaults to ``os.environ``. An unknown override is a ``ValueError``.
+        Keys come from ``PLAYLEDGER_API_KEYS`` or from the file named by
+        ``PLAYLEDGER_API_KEYS_FILE`` (not both: a key revoked from the file must not stay
+        valid through the variable). ``environ`` defaults to ``os.environ``. An unknown
+        override is a ``ValueError``.
         """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"unknown gateway setting(s): {', '.join(unknown)}")
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {"api_keys": parse_api_keys(env.get(API_KEYS_ENV, ""))}
+        values: dict[str, Any] = {}
+        key_file = env.get(API_KEYS_FILE_ENV, "").strip()
+        if key_file:
+            if env.get(API_KEYS_ENV, "").strip():
+                raise ValueError(
+                    f"set {API_KEYS_ENV} or {API_KEYS_FILE_ENV}, not both: "
+                    "a key revoked from the file would stay valid through the variable"
+                )
+            values["api_keys_file"] = Path(key_file)
+            values["api_keys"] = read_api_keys_file(Path(key_file))
+        else:
+            values["api_keys"] = parse_api_keys(env.get(API_KEYS_ENV, ""))
         values.update(overrides)
+        if "api_keys_file" in overrides and "api_keys" not in overrides and overrides["api_keys_file"]:
+            values["api_keys"] = read_api_keys_file(Path(overrides["api_keys_file"]))
         return cls(**values)

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from aiohttp import web
+
+T = TypeVar("T")
 
 
 class RunningGateway:
     """The gateway app served on 127.0.0.1:<free port> by an event loop in a thread."""
 
     def __init__(self, app: web.Application) -> None:
-        self._app = app
+        self.app = app
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -28,7 +32,7 @@ class RunningGateway:
             self._ready.set()
 
     async def _main(self) -> None:
-        runner = web.AppRunner(self._app, shutdown_timeout=5)
+        runner = web.AppRunner(self.app, shutdown_timeout=5)
         await runner.setup()
         try:
             site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -40,6 +44,11 @@ class RunningGateway:
             await self._stop.wait()
         finally:
             await runner.cleanup()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run ``coroutine`` on the gateway's event loop and return its result."""
+        assert self._loop is not None, "the gateway is not running"
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)
 
     def __enter__(self) -> RunningGateway:
         self._thread.start()

@@ -2,12 +2,12 @@
 
 Each test runs the aiohttp app on a free port in a background thread and talks to it
 with ``http.client``; what the gateway published is pulled back from the test's own
-subscriptions and decoded with the shared codec.
+subscriptions and decoded with the shared codec, and what it journaled is read back
+through the ``receipts`` view.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import subprocess
@@ -15,82 +15,32 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import google.cloud.pubsub_v1 as pubsub_v1
 import pytest
-from google.api_core import exceptions as gexc
+from gateway_client import (
+    API_KEY,
+    AUTH,
+    OTHER_KEY,
+    call,
+    metric_samples,
+    play,
+    post_events,
+    pull_messages,
+    receipts,
+    settings_for,
+)
 from served_gateway import RunningGateway
 
-from ingest.gateway import EventPublisher, GatewaySettings, create_app
+from ingest.gateway import EventPublisher, create_app
 from ingest.pubsub import PubSubNames, free_port
-from schemas.codec import EncodedBatch, decode_batch
+from schemas.codec import EncodedBatch
 
 pytestmark = pytest.mark.emulator
 
 REPO = Path(__file__).resolve().parents[2]
-API_KEY = "test-key-3f9a1c0b7d2e"
-OTHER_KEY = "other-key-88e1b7a2c4d6"
-AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-
-def play(**changes: Any) -> dict[str, Any]:
-    """A valid client event with a fresh event_id; ``...`` removes a field."""
-    event: dict[str, Any] = {
-        "event_id": str(uuid.uuid4()),
-        "user_id": "user-42",
-        "track_id": "track-7",
-        "played_at": "2026-11-28T07:00:00+01:00",
-        "ms_played": 31_000,
-        "territory": "SE",
-        "product": "premium",
-        "context": "playlist",
-        "bitrate_kbps": 160,
-        "offline": False,
-        "device": "android-14",
-    }
-    event.update(changes)
-    return {name: value for name, value in event.items() if value is not ...}
-
-
-def settings_for(names: PubSubNames, **overrides: Any) -> GatewaySettings:
-    values: dict[str, Any] = {"port": 0, "names": names, "max_body_bytes": 64 * 1024, "max_events": 50}
-    values.update(overrides)
-    return GatewaySettings.from_env({"PLAYLEDGER_API_KEYS": f"{API_KEY}, {OTHER_KEY}"}, **values)
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: Any
-
-
-def call(
-    port: int,
-    method: str,
-    path: str,
-    body: bytes | Iterator[bytes] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Reply:
-    """One HTTP request on a fresh connection; the reply must be JSON."""
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=20)
-    try:
-        chunked = body is not None and not isinstance(body, bytes)
-        connection.request(method, path, body=body, headers=headers or {}, encode_chunked=chunked)
-        response = connection.getresponse()
-        raw = response.read()
-        assert response.getheader("Content-Type", "").startswith("application/json"), raw[:200]
-        return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, json.loads(raw))
-    finally:
-        connection.close()
-
-
-def post_events(port: int, events: Any, headers: dict[str, str] | None = None) -> Reply:
-    return call(port, "POST", "/v1/events", json.dumps({"events": events}).encode(), headers or AUTH)
 
 
 @pytest.fixture(scope="module")
@@ -108,42 +58,9 @@ def publisher(pubsub_names: PubSubNames) -> Iterator[EventPublisher]:
 
 
 @pytest.fixture
-def gateway(pubsub_names: PubSubNames, publisher: EventPublisher) -> Iterator[RunningGateway]:
-    with RunningGateway(create_app(settings_for(pubsub_names), publisher)) as running:
+def gateway(pubsub_names: PubSubNames, publisher: EventPublisher, tmp_path: Path) -> Iterator[RunningGateway]:
+    with RunningGateway(create_app(settings_for(pubsub_names, tmp_path), publisher)) as running:
         yield running
-
-
-def pull_messages(
-    subscriber: pubsub_v1.SubscriberClient, subscription: str, count: int, deadline_seconds: float = 15
-) -> list[tuple[list[dict[str, Any]], dict[str, str]]]:
-    """Pull and ack until ``count`` messages arrived, then check that no more are waiting."""
-    messages: list[tuple[list[dict[str, Any]], dict[str, str]]] = []
-    deadline = time.monotonic() + deadline_seconds
-    while len(messages) < count and time.monotonic() < deadline:
-        messages.extend(_pull_once(subscriber, subscription))
-    assert len(messages) == count, f"expected {count} message(s), got {len(messages)}"
-    assert _pull_once(subscriber, subscription) == [], "more messages than expected"
-    return messages
-
-
-def _pull_once(
-    subscriber: pubsub_v1.SubscriberClient, subscription: str
-) -> list[tuple[list[dict[str, Any]], dict[str, str]]]:
-    try:
-        response = subscriber.pull(request={"subscription": subscription, "max_messages": 100}, timeout=2)
-    except gexc.DeadlineExceeded:
-        return []
-    if response.received_messages:
-        subscriber.acknowledge(
-            request={
-                "subscription": subscription,
-                "ack_ids": [received.ack_id for received in response.received_messages],
-            }
-        )
-    return [
-        (decode_batch(received.message.data, received.message.attributes), dict(received.message.attributes))
-        for received in response.received_messages
-    ]
 
 
 def assert_only_marker_published(
@@ -365,11 +282,13 @@ def test_too_large_is_413_and_the_gateway_keeps_working(
     assert_only_marker_published(gateway.port, subscriber, pubsub_names)
 
 
-def test_a_missing_topic_is_503_with_retry_after(pubsub_names: PubSubNames) -> None:
+def test_a_missing_topic_is_503_with_retry_after(pubsub_names: PubSubNames, tmp_path: Path) -> None:
     missing = PubSubNames(project=pubsub_names.project, topic_id=f"absent-{uuid.uuid4().hex[:8]}")
     publisher = EventPublisher(missing.topic, timeout_seconds=2)
     try:
-        with RunningGateway(create_app(settings_for(missing, retry_after_seconds=7), publisher)) as gateway:
+        with RunningGateway(
+            create_app(settings_for(missing, tmp_path, retry_after_seconds=7), publisher)
+        ) as gateway:
             reply = post_events(gateway.port, [play(), play(ms_played=-1)])
     finally:
         publisher.close()
@@ -381,13 +300,13 @@ def test_a_missing_topic_is_503_with_retry_after(pubsub_names: PubSubNames) -> N
 
 
 def test_an_unreachable_pubsub_is_503_after_the_publish_timeout(
-    pubsub_names: PubSubNames, monkeypatch: pytest.MonkeyPatch
+    pubsub_names: PubSubNames, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # A Pub/Sub endpoint on a port nothing listens on: the outage is real, not simulated.
     with monkeypatch.context() as patch:
         patch.setenv("PUBSUB_EMULATOR_HOST", f"127.0.0.1:{free_port()}")
         publisher = EventPublisher(pubsub_names.topic, timeout_seconds=1.5)
-    settings = settings_for(pubsub_names, publish_timeout_seconds=1.5)
+    settings = settings_for(pubsub_names, tmp_path, publish_timeout_seconds=1.5)
     try:
         with RunningGateway(create_app(settings, publisher)) as gateway:
             started = time.monotonic()
@@ -402,6 +321,134 @@ def test_an_unreachable_pubsub_is_503_after_the_publish_timeout(
     assert elapsed < 1.5 + 2.0, elapsed
 
 
+def test_accepted_events_are_journaled_with_their_message_id_before_the_200(
+    gateway: RunningGateway, subscriber: pubsub_v1.SubscriberClient, pubsub_names: PubSubNames, tmp_path: Path
+) -> None:
+    first, second = play(), play(track_id="track-8")
+    reply = post_events(gateway.port, [first, play(ms_played=-5), second])
+    assert (reply.status, reply.body["accepted"]) == (200, 2)
+    # The 200 came after the sync: the receipts are readable now, without waiting.
+    journaled = receipts(tmp_path)
+    response = subscriber.pull(
+        request={"subscription": pubsub_names.royalties, "max_messages": 10}, timeout=10
+    )
+    [received] = response.received_messages
+    assert received.message.attributes["batch_id"] == reply.body["batch_id"]
+    assert journaled == [
+        (first["event_id"], reply.body["batch_id"], received.message.message_id),
+        (second["event_id"], reply.body["batch_id"], received.message.message_id),
+    ]
+    nothing_valid = post_events(gateway.port, [play(product="gold")])
+    assert nothing_valid.body["accepted"] == 0
+    assert len(receipts(tmp_path)) == 2
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1", "json"],
+)
+def test_a_body_that_is_not_declared_json_in_utf8_is_415(
+    gateway: RunningGateway, content_type: str | None
+) -> None:
+    headers = {"Authorization": AUTH["Authorization"]}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    body = json.dumps({"events": [play()]}).encode()
+    reply = call(gateway.port, "POST", "/v1/events", body, headers)
+    assert reply.status == 415, reply.body
+    if content_type is None:
+        assert reply.body == {"error": "missing Content-Type: send 'Content-Type: application/json'"}
+    else:
+        assert reply.body == {"error": f"Content-Type must be application/json (UTF-8), got {content_type!r}"}
+
+
+def test_json_with_or_without_charset_is_accepted_and_415s_published_nothing(
+    gateway: RunningGateway, subscriber: pubsub_v1.SubscriberClient, pubsub_names: PubSubNames
+) -> None:
+    refused = call(
+        gateway.port,
+        "POST",
+        "/v1/events",
+        json.dumps({"events": [play()]}).encode(),
+        {**AUTH, "Content-Type": "text/json"},
+    )
+    assert refused.status == 415
+    for content_type in ("application/json; charset=utf-8", "Application/JSON; charset=UTF-8"):
+        reply = call(
+            gateway.port, "POST", "/v1/events", b'{"events": []}', {**AUTH, "Content-Type": content_type}
+        )
+        assert (reply.status, reply.body["accepted"]) == (200, 0), content_type
+    assert_only_marker_published(gateway.port, subscriber, pubsub_names)
+
+
+def test_every_answer_carries_a_request_id(gateway: RunningGateway) -> None:
+    echoed = call(gateway.port, "GET", "/healthz", headers={"X-Request-Id": "client-req:42/a=b"})
+    assert echoed.headers["x-request-id"] == "client-req:42/a=b"
+    made = post_events(gateway.port, [], {"Authorization": "Bearer wrong-key-0000000000"})
+    assert made.status == 401
+    assert len(made.headers["x-request-id"]) == 32 and int(made.headers["x-request-id"], 16) >= 0
+    for insane in ("two words", "x" * 129, "naïve"):
+        reply = call(
+            gateway.port, "GET", "/nowhere", headers={"X-Request-Id": insane.encode().decode("latin-1")}
+        )
+        assert reply.status == 404
+        assert reply.headers["x-request-id"] != insane and len(reply.headers["x-request-id"]) == 32
+
+
+def test_metrics_count_requests_events_and_reasons(gateway: RunningGateway) -> None:
+    assert post_events(gateway.port, [play(), play(), play(ms_played=-1, mood="happy")]).status == 200
+    assert post_events(gateway.port, [42]).status == 200
+    assert post_events(gateway.port, [], {"Authorization": "Bearer wrong-key-0000000000"}).status == 401
+    samples = metric_samples(gateway.port)
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, tuple(sorted(labels.items())))]
+
+    assert value("playledger_gateway_requests_total", route="/v1/events", status="200") == 2
+    assert value("playledger_gateway_requests_total", route="/v1/events", status="401") == 1
+    assert value("playledger_gateway_events_accepted_total") == 2
+    assert value("playledger_gateway_events_rejected_total") == 2
+    assert value("playledger_gateway_event_errors_total", field="ms_played") == 1
+    assert value("playledger_gateway_event_errors_total", field="unknown_field") == 1  # not "mood"
+    assert value("playledger_gateway_event_errors_total", field="event") == 1
+    assert value("playledger_gateway_publish_seconds_count") == 1
+    assert value("playledger_gateway_journal_write_seconds_count") == 1
+    assert value("playledger_gateway_request_seconds_count") == 3
+    assert value("playledger_gateway_publishes_in_flight") == 0
+    assert value("playledger_gateway_publishes_in_flight_limit") == 100
+    assert value("playledger_gateway_api_keys") == 2
+    assert value("playledger_gateway_journal_lag_seconds") == 0
+    assert not any(labels and dict(labels).get("field") == "mood" for _, labels in samples)
+
+
+def test_each_key_has_its_own_rate_limit_and_a_429_publishes_nothing(
+    pubsub_names: PubSubNames,
+    publisher: EventPublisher,
+    subscriber: pubsub_v1.SubscriberClient,
+    tmp_path: Path,
+) -> None:
+    settings = settings_for(pubsub_names, tmp_path, rate_limit="3/minute")
+    with RunningGateway(create_app(settings, publisher)) as gateway:
+        for _ in range(3):
+            assert post_events(gateway.port, []).status == 200
+        limited = post_events(gateway.port, [play()])
+        assert limited.status == 429
+        assert 1 <= int(limited.headers["retry-after"]) <= 60
+        assert limited.body == {
+            "error": "rate limit of 3/minute requests per API key exceeded; "
+            f"retry in {limited.headers['retry-after']} s"
+        }
+        other = {"Authorization": f"Bearer {OTHER_KEY}"}
+        marker = play()
+        reply = post_events(gateway.port, [marker], other)
+        assert (reply.status, reply.body["accepted"]) == (200, 1)
+        [(events, _)] = pull_messages(subscriber, pubsub_names.royalties, 1)
+        assert [event["event_id"] for event in events] == [marker["event_id"]]
+        # A wrong key is refused before the limiter counts anything.
+        assert post_events(gateway.port, [], {"Authorization": "Bearer wrong-key-0000000000"}).status == 401
+        assert [event_id for event_id, _, _ in receipts(tmp_path)] == [marker["event_id"]]
+
+
 class _BrokenPublisher:
     """The one stand-in here: a publisher failing in a way nobody planned for."""
 
@@ -409,8 +456,8 @@ class _BrokenPublisher:
         raise KeyError("internal detail that must not reach the client")
 
 
-def test_an_unexpected_error_is_a_500_without_details(pubsub_names: PubSubNames) -> None:
-    with RunningGateway(create_app(settings_for(pubsub_names), _BrokenPublisher())) as gateway:
+def test_an_unexpected_error_is_a_500_without_details(pubsub_names: PubSubNames, tmp_path: Path) -> None:
+    with RunningGateway(create_app(settings_for(pubsub_names, tmp_path), _BrokenPublisher())) as gateway:
         reply = post_events(gateway.port, [play()])
     assert (reply.status, reply.body) == (500, {"error": "internal error; the request was not processed"})
 
@@ -427,16 +474,16 @@ def ready(port: int) -> None:
     sys.stdout.write(f"{port}\\n")
     sys.stdout.flush()
 
-serve(GatewaySettings.from_env(port=0, names=names), on_ready=ready)
+serve(GatewaySettings.from_env(port=0, names=names, data_dir=sys.argv[2]), on_ready=ready)
 """
 
 
 def test_serve_runs_until_sigterm_and_shuts_down_cleanly(
-    subscriber: pubsub_v1.SubscriberClient, pubsub_names: PubSubNames
+    subscriber: pubsub_v1.SubscriberClient, pubsub_names: PubSubNames, tmp_path: Path
 ) -> None:
     env = {**os.environ, "PLAYLEDGER_API_KEYS": API_KEY, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
-        [sys.executable, "-c", SERVE_SCRIPT, pubsub_names.topic_id],
+        [sys.executable, "-c", SERVE_SCRIPT, pubsub_names.topic_id, str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=env,
@@ -447,9 +494,10 @@ def test_serve_runs_until_sigterm_and_shuts_down_cleanly(
         port = int(process.stdout.readline())
         assert call(port, "GET", "/healthz").status == 200
         event = play()
-        assert post_events(port, [event]).body["accepted"] == 1
+        reply = post_events(port, [event])
+        assert reply.body["accepted"] == 1
         process.terminate()
-        _, stderr = process.communicate(timeout=20)
+        _, stderr = process.communicate(timeout=30)
     finally:
         if process.poll() is None:
             process.kill()
@@ -459,3 +507,11 @@ def test_serve_runs_until_sigterm_and_shuts_down_cleanly(
     assert "Traceback" not in stderr
     [(events, _)] = pull_messages(subscriber, pubsub_names.royalties, 1)
     assert events[0]["event_id"] == event["event_id"]
+    # Shutdown sealed the journal: the hour is Parquet now, whatever the clock says.
+    assert list((tmp_path / "journal" / "open").iterdir()) == []
+    assert [path.parent.name.startswith("hour=") for path in (tmp_path / "journal").glob("*/*.parquet")] == [
+        True
+    ]
+    assert [(event_id, batch_id) for event_id, batch_id, _ in receipts(tmp_path)] == [
+        (event["event_id"], reply.body["batch_id"])
+    ]

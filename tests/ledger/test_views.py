@@ -45,7 +45,7 @@ def write_ledger_file(data_dir: Path, name: str, rows: list[tuple[str, int, int,
 
 def test_views_exist_and_are_empty_before_the_first_file(tmp_path: Path) -> None:
     connection = open_ledger(tmp_path)
-    for view in ("ledger", "balances", "dead_letters"):
+    for view in ("ledger", "balances", "dead_letters", "receipts"):
         assert run_sql(connection, f"SELECT count(*) FROM {view}").rows == [(0,)]
     types = dict((row[0], row[1]) for row in run_sql(connection, "DESCRIBE ledger").rows)
     assert types["amount_micros"] == "BIGINT"

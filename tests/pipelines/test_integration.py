@@ -102,9 +102,11 @@ def ledger_balances(data_dir: Path) -> dict[str, Balance]:
 
 
 @pytest.fixture
-def gateway(pubsub_names: PubSubNames) -> Iterator[RunningGateway]:
+def gateway(pubsub_names: PubSubNames, tmp_path: Path) -> Iterator[RunningGateway]:
     publisher = EventPublisher(pubsub_names.topic, timeout_seconds=10)
-    settings = GatewaySettings(api_keys=frozenset({API_KEY}), port=0, names=pubsub_names)
+    settings = GatewaySettings(
+        api_keys=frozenset({API_KEY}), port=0, names=pubsub_names, data_dir=tmp_path / "gateway"
+    )
     try:
         with RunningGateway(create_app(settings, publisher)) as running:
             yield running
