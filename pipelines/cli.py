@@ -34,8 +34,11 @@ def _configure_logging(verbose: bool = False) -> None:
 def _cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
     from pipelines.stack import LocalStack, StackError, StackSettings
 
+    cdn_port = {} if args.cdn_port is None else {"cdn_port": args.cdn_port}
     stack = LocalStack(
-        StackSettings(data_dir=Path(args.data_dir), gateway_port=args.gateway_port, pipeline_args=extra)
+        StackSettings(
+            data_dir=Path(args.data_dir), gateway_port=args.gateway_port, pipeline_args=extra, **cdn_port
+        )
     )
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -46,9 +49,10 @@ def _cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
         LOG.error("%s", error)
         return 1
     LOG.info(
-        "playledger is up: POST %s/v1/events (API key in %s); ledger under %s. Ctrl-C stops it.",
+        "playledger is up: POST %s/v1/events (API key in %s); CDN on %s; ledger under %s. Ctrl-C stops it.",
         stack.gateway_url,
         stack.data_dir / "local-api-key",
+        stack.cdn_url,
         stack.data_dir / "ledger",
     )
     failed = False
@@ -71,15 +75,24 @@ def _cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_gateway(args: argparse.Namespace, extra: list[str]) -> int:
-    from ingest.gateway import serve
+    from ingest.gateway import GatewayStartError, serve
+    from ingest.logs import configure_json_logging
     from ingest.settings import GatewaySettings
 
+    configure_json_logging(args.verbose)
+    options = ["host", "port", "data_dir", "max_events", "max_body_bytes", "rate_limit"]
+    options += ["max_in_flight_publishes", "publish_timeout_seconds", "keys_poll_seconds"]
+    overrides = {name: getattr(args, name) for name in options if getattr(args, name) is not None}
     try:
-        settings = GatewaySettings.from_env(host=args.host, port=args.port)
+        settings = GatewaySettings.from_env(**overrides)
     except ValueError as error:
         LOG.error("gateway not started: %s", error)
         return 2
-    serve(settings)
+    try:
+        serve(settings)
+    except GatewayStartError as error:
+        LOG.error("gateway not started: %s", error)
+        return 2
     return 0
 
 
@@ -91,6 +104,68 @@ def _cmd_pipeline_stream(args: argparse.Namespace, extra: list[str]) -> int:
     except ValueError as error:
         LOG.error("pipeline not started: %s", error)
         return 2
+
+
+def _cmd_pipeline_batch(args: argparse.Namespace, extra: list[str]) -> int:
+    from pipelines.batch import run
+
+    try:
+        return run(extra)
+    except ValueError as error:
+        LOG.error("pipeline not started: %s", error)
+        return 2
+
+
+def _cmd_archive(args: argparse.Namespace, extra: list[str]) -> int:
+    from ingest.archiver import ArchiverSettings, run_archiver
+    from ingest.pubsub import PubSubNames
+
+    names = PubSubNames()
+    subscription = args.subscription or names.archive
+    if not subscription.startswith("projects/"):
+        subscription = f"projects/{names.project}/subscriptions/{subscription}"
+    try:
+        settings = ArchiverSettings(
+            data_dir=Path(args.data_dir),
+            subscription=subscription,
+            grace_seconds=args.grace_seconds,
+            flush_seconds=args.flush_seconds,
+            max_buffered_events=args.max_buffered_events,
+        )
+    except ValueError as error:
+        LOG.error("archiver not started: %s", error)
+        return 2
+    return run_archiver(settings)
+
+
+def _cmd_cdn(args: argparse.Namespace, extra: list[str]) -> int:
+    from ingest.cdn.server import main as cdn_main
+
+    return cdn_main(extra)
+
+
+def _cmd_simulate(args: argparse.Namespace, extra: list[str]) -> int:
+    from ingest.client.command import main as simulate_main
+
+    return simulate_main(extra)
+
+
+def _cmd_bench_simulate(args: argparse.Namespace, extra: list[str]) -> int:
+    from ingest.client.bench import main as bench_main
+
+    return bench_main(extra)
+
+
+def _cmd_bench_pipeline(args: argparse.Namespace, extra: list[str]) -> int:
+    from pipelines.bench import main as bench_pipeline_main
+
+    return bench_pipeline_main(extra)
+
+
+def _cmd_bench_gateway(args: argparse.Namespace, extra: list[str]) -> int:
+    from ingest.bench import main as bench_gateway_main
+
+    return bench_gateway_main(extra)
 
 
 def _json_value(value: Any) -> Any:
@@ -148,12 +223,13 @@ def _parser() -> argparse.ArgumentParser:
 
     up = commands.add_parser(
         "up",
-        help="run the local stack (emulator, gateway, pipeline) until Ctrl-C",
+        help="run the local stack (emulator, gateway, pipeline, archiver, CDN stub) until Ctrl-C",
         description="Run the local stack in the foreground. Unknown flags (e.g. --period-seconds 60) "
         "go to the streaming pipeline.",
     )
     up.add_argument("--data-dir", required=True)
     up.add_argument("--gateway-port", type=_port, default=8080)
+    up.add_argument("--cdn-port", type=_port, help="the CDN stub's port (default 8090)")
     up.set_defaults(handler=_cmd_up, takes_extra=True)
 
     demo = commands.add_parser("demo", help="send generated plays through the stack and print balances")
@@ -162,9 +238,20 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", metavar="DIR", help="keep the data in DIR instead of a temporary directory")
     demo.set_defaults(handler=_cmd_demo, takes_extra=False)
 
-    gateway = commands.add_parser("gateway", help="run the ingestion gateway (keys from PLAYLEDGER_API_KEYS)")
+    gateway = commands.add_parser(
+        "gateway",
+        help="run the ingestion gateway (keys from PLAYLEDGER_API_KEYS or PLAYLEDGER_API_KEYS_FILE)",
+        description="Run the ingestion gateway; see runbooks/gateway.md. Unset options keep their defaults.",
+    )
     gateway.add_argument("--host", default="127.0.0.1")
     gateway.add_argument("--port", type=int, default=8080)
+    gateway.add_argument("--data-dir", required=True, help="the receipt journal goes to DATA_DIR/journal/")
+    gateway.add_argument("--max-events", type=int, help="events per request (default 500)")
+    gateway.add_argument("--max-body-bytes", type=int, help="bytes per request (default 1048576)")
+    gateway.add_argument("--rate-limit", help="requests per API key, e.g. '1000/second' (the default)")
+    gateway.add_argument("--max-in-flight-publishes", type=int, help="default 100; 503 beyond")
+    gateway.add_argument("--publish-timeout-seconds", type=float, help="default 10; 503 after")
+    gateway.add_argument("--keys-poll-seconds", type=float, help="key file poll (default 1; 0: SIGHUP only)")
     gateway.set_defaults(handler=_cmd_gateway, takes_extra=False)
 
     pipeline = commands.add_parser("pipeline", help="run a royalty pipeline")
@@ -175,6 +262,56 @@ def _parser() -> argparse.ArgumentParser:
         help="the streaming pipeline (see `playledger pipeline stream --help`)",
     )
     stream.set_defaults(handler=_cmd_pipeline_stream, takes_extra=True)
+    batch = pipelines.add_parser(
+        "batch",
+        add_help=False,
+        help="recompute a period's final ledger from the archive (see `playledger pipeline batch --help`)",
+    )
+    batch.set_defaults(handler=_cmd_pipeline_batch, takes_extra=True)
+
+    archive = commands.add_parser(
+        "archive",
+        help="archive every play event in hourly Parquet buckets (see runbooks/archive.md)",
+    )
+    archive.add_argument("--data-dir", required=True, help="buckets go to DATA_DIR/archive/hour=.../")
+    archive.add_argument("--subscription", help="id or full name (default: the contract's `archive`)")
+    archive.add_argument("--grace-seconds", type=int, default=600, help="close an hour N s after it ends")
+    archive.add_argument("--flush-seconds", type=float, default=2.0, help="write and acknowledge this often")
+    archive.add_argument("--max-buffered-events", type=int, default=50_000, help="flush early at this many")
+    archive.set_defaults(handler=_cmd_archive, takes_extra=False)
+
+    cdn = commands.add_parser(
+        "cdn", add_help=False, help="run the CDN stub (see `playledger cdn --help`; `up` starts one)"
+    )
+    cdn.set_defaults(handler=_cmd_cdn, takes_extra=True)
+
+    simulate = commands.add_parser(
+        "simulate",
+        add_help=False,
+        help="simulate listeners against the gateway and the CDN (see `playledger simulate --help`)",
+    )
+    simulate.set_defaults(handler=_cmd_simulate, takes_extra=True)
+
+    bench = commands.add_parser("bench", help="measure how fast a part runs on this machine")
+    benches = bench.add_subparsers(dest="bench", required=True, metavar="PART")
+    bench_simulate = benches.add_parser(
+        "simulate",
+        add_help=False,
+        help="listeners and events/s the simulator sustains (see `playledger bench simulate --help`)",
+    )
+    bench_simulate.set_defaults(handler=_cmd_bench_simulate, takes_extra=True)
+    bench_gateway = benches.add_parser(
+        "gateway",
+        add_help=False,
+        help="gateway events/s and latency vs. its no-HTTP ceiling (see `playledger bench gateway --help`)",
+    )
+    bench_gateway.set_defaults(handler=_cmd_bench_gateway, takes_extra=True)
+    bench_pipeline = benches.add_parser(
+        "pipeline",
+        add_help=False,
+        help="streaming and batch events/s vs. transport and DuckDB (`playledger bench pipeline --help`)",
+    )
+    bench_pipeline.set_defaults(handler=_cmd_bench_pipeline, takes_extra=True)
 
     ledger = commands.add_parser("ledger", help="query the ledger")
     ledgers = ledger.add_subparsers(dest="ledger", required=True, metavar="ACTION")

@@ -27,7 +27,6 @@ from rich.console import Console
 from rich.table import Table
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from ingest.pubsub import free_port
 from ledger.allocation import attribute_play
 from ledger.catalog import DEFAULT_CATALOG_DIR, FALLBACK_TERRITORY, Catalog
 from ledger.views import open_ledger, run_sql
@@ -202,7 +201,8 @@ def run_demo(
     traffic = generate_traffic(catalog, events, seed, dt.datetime.now(dt.UTC))
     settings = StackSettings(
         data_dir=data_dir,
-        gateway_port=free_port(),
+        gateway_port=0,
+        cdn_port=0,
         pipeline_args=("--early-firing-seconds", "1"),
         log_dir=data_dir / "logs",
     )

@@ -1,9 +1,11 @@
 """The local stack behind ``playledger up`` and ``playledger demo``.
 
 Starts the Pub/Sub emulator (unless ``PUBSUB_EMULATOR_HOST`` names one), creates the
-topic and subscriptions, then runs the gateway and the streaming pipeline as child
-processes. ``stop()`` shuts down in the order that loses nothing: the gateway first
-(no new events), then the pipeline (it writes out what it has read), then the emulator.
+topic and subscriptions, then runs the gateway, the streaming pipeline, the archiver
+and the CDN stub as child processes. ``stop()`` shuts down in the order that loses
+nothing: the gateway first (no new events), the CDN stub (it holds no data), then the
+archiver (it writes out and acknowledges what it holds), then the pipeline (it writes
+out what it has read), then the emulator.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from typing import IO
 
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from ingest.pubsub import EMULATOR_ENV, Emulator, PubSubNames, ensure_topology
-from ingest.settings import API_KEYS_ENV, parse_api_keys
+from ingest.cdn.settings import DEFAULT_CDN_PORT
+from ingest.keys import read_api_keys_file
+from ingest.pubsub import EMULATOR_ENV, Emulator, PubSubNames, ensure_topology, free_port
+from ingest.settings import API_KEYS_ENV, API_KEYS_FILE_ENV, parse_api_keys
 
 __all__ = ["LocalStack", "StackError", "StackSettings"]
 
@@ -40,7 +44,9 @@ class StackSettings:
     """What ``playledger up`` runs: where, on which port, and the pipeline's flags."""
 
     data_dir: Path
+    # 0: a free port, chosen once the emulator listens (so the two cannot collide).
     gateway_port: int = 8080
+    cdn_port: int = DEFAULT_CDN_PORT
     pipeline_args: Sequence[str] = ()
     log_dir: Path | None = None  # None: children log to this process's stderr
     api_keys: frozenset[str] = field(default_factory=frozenset)
@@ -49,7 +55,7 @@ class StackSettings:
 
 
 class LocalStack:
-    """Emulator, gateway and streaming pipeline, started and stopped together."""
+    """Emulator, gateway, streaming pipeline and archiver, started and stopped together."""
 
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
@@ -60,27 +66,46 @@ class LocalStack:
         self._env = dict(os.environ)
         self._gateway: subprocess.Popen[bytes] | None = None
         self._pipeline: subprocess.Popen[bytes] | None = None
+        self._archiver: subprocess.Popen[bytes] | None = None
+        self._cdn: subprocess.Popen[bytes] | None = None
         self._logs: list[IO[bytes]] = []
+        self.gateway_port = settings.gateway_port
+        self.cdn_port = settings.cdn_port
 
     @property
     def gateway_url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.gateway_port}"
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def cdn_url(self) -> str:
+        return f"http://127.0.0.1:{self.cdn_port}"
 
     def start(self) -> LocalStack:
-        """Start every part; return once the gateway answers ``/healthz``."""
+        """Start every part; return once the gateway and the CDN answer ``/healthz``."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self._env.get(EMULATOR_ENV):
             self._emulator = Emulator().start()
             self._env[EMULATOR_ENV] = self._emulator.host
             LOG.info("Pub/Sub emulator on %s (pid %s)", self._emulator.host, self._emulator.pid)
         os.environ[EMULATOR_ENV] = self._env[EMULATOR_ENV]
+        self.gateway_port = self.gateway_port or free_port()
+        while not self.cdn_port or (self.cdn_port == self.gateway_port and not self.settings.cdn_port):
+            self.cdn_port = free_port()
         ensure_topology(self.names)
-        keys = self.settings.api_keys or parse_api_keys(self._env.get(API_KEYS_ENV, ""))
+        key_path = self._env.get(API_KEYS_FILE_ENV)
+        if key_path and not self.settings.api_keys:
+            # A key file stays the gateway's only source, so revoking a key in it works.
+            keys = read_api_keys_file(Path(key_path))
+        else:
+            keys = self.settings.api_keys or parse_api_keys(self._env.get(API_KEYS_ENV, ""))
+            if not keys:
+                # A local key made for this run only; clients of `up` read it from the data dir.
+                keys = frozenset({f"local-{secrets.token_urlsafe(18)}"})
+            self._env.pop(API_KEYS_FILE_ENV, None)
+            self._env[API_KEYS_ENV] = ",".join(sorted(keys))
         if not keys:
-            # A local key made for this run only; clients of `up` read it from the data dir.
-            keys = frozenset({f"local-{secrets.token_urlsafe(18)}"})
+            raise StackError(f"no API key in {key_path}")
         self.api_key = sorted(keys)[0]
-        self._env[API_KEYS_ENV] = ",".join(sorted(keys))
         key_file = self.data_dir / "local-api-key"
         key_file.write_text(self.api_key + "\n")
         key_file.chmod(0o600)
@@ -88,7 +113,14 @@ class LocalStack:
             "pipeline",
             ["pipeline", "stream", "--data-dir", str(self.data_dir), *self.settings.pipeline_args],
         )
-        self._gateway = self._spawn("gateway", ["gateway", "--port", str(self.settings.gateway_port)])
+        self._archiver = self._spawn(
+            "archiver", ["archive", "--data-dir", str(self.data_dir), "--subscription", self.names.archive]
+        )
+        self._cdn = self._spawn("cdn", ["cdn", "--port", str(self.cdn_port)])
+        self._gateway = self._spawn(
+            "gateway",
+            ["gateway", "--port", str(self.gateway_port), "--data-dir", str(self.data_dir)],
+        )
         try:
             for attempt in Retrying(
                 stop=stop_after_delay(self.settings.start_timeout_seconds),
@@ -98,11 +130,12 @@ class LocalStack:
             ):
                 with attempt:
                     self.check()
-                    with urllib.request.urlopen(f"{self.gateway_url}/healthz", timeout=1) as response:
-                        response.read()
-        except (OSError, StackError) as error:
+                    for url in (self.gateway_url, self.cdn_url):
+                        with urllib.request.urlopen(f"{url}/healthz", timeout=1) as response:
+                            response.read()
+        except Exception as error:  # whatever went wrong, leave nothing running
             self.stop()
-            raise StackError(f"the local stack did not start: {error}") from None
+            raise StackError(f"the local stack did not start: {error!r}") from None
         LOG.info("gateway ready on %s", self.gateway_url)
         return self
 
@@ -124,10 +157,19 @@ class LocalStack:
         )
 
     def check(self) -> None:
-        """Raise ``StackError`` if the gateway or the pipeline has exited."""
-        for name, process in (("gateway", self._gateway), ("pipeline", self._pipeline)):
+        """Raise ``StackError`` if the gateway, the pipeline, the archiver or the CDN has exited."""
+        for name, process in self._children():
             if process is not None and process.poll() is not None:
                 raise StackError(f"the {name} exited with status {process.returncode}{self._log_hint(name)}")
+
+    def _children(self) -> list[tuple[str, subprocess.Popen[bytes] | None]]:
+        """The child processes in the order that stops them without losing anything."""
+        return [
+            ("gateway", self._gateway),
+            ("cdn", self._cdn),
+            ("archiver", self._archiver),
+            ("pipeline", self._pipeline),
+        ]
 
     def _log_hint(self, name: str) -> str:
         if self.settings.log_dir is None:
@@ -139,10 +181,9 @@ class LocalStack:
         return ""
 
     def stop(self) -> int:
-        """Stop gateway, then pipeline (after it writes out), then emulator; worst exit status."""
+        """Stop gateway, archiver, pipeline (each after it writes out), then emulator; worst exit status."""
         status = 0
-        for name in ("gateway", "pipeline"):
-            process = self._gateway if name == "gateway" else self._pipeline
+        for name, process in self._children():
             if process is None:
                 continue
             if process.poll() is None:
@@ -158,7 +199,7 @@ class LocalStack:
             if process.returncode not in (0, -signal.SIGTERM):
                 LOG.error("the %s exited with status %s", name, process.returncode)
                 status = max(status, 1)
-        self._gateway = self._pipeline = None
+        self._gateway = self._pipeline = self._archiver = self._cdn = None
         if self._emulator is not None:
             self._emulator.stop()
             self._emulator = None

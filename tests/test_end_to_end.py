@@ -233,6 +233,8 @@ def stack(pubsub_emulator: str, tmp_path: Path) -> Iterator[Stack]:
                 str(data_dir),
                 "--gateway-port",
                 str(port),
+                "--cdn-port",  # never the default port: another stack may hold it
+                str(free_port()),
                 "--early-firing-seconds",
                 "1",
             ],
@@ -323,8 +325,11 @@ def test_up_ingests_plays_over_http_and_the_ledger_balances_to_the_micro_unit(st
     decoded = len(accepted_in_order)
     totals = poll(
         lambda: counters_file(stack.data_dir),
+        # Plays are counted by the pane that counts them, so they settle with the ledger.
         lambda totals: (
-            totals.get("events_decoded") == decoded and totals.get("events_duplicate") == traffic.resent
+            totals.get("events_decoded") == decoded
+            and totals.get("events_duplicate") == traffic.resent
+            and totals.get("plays") == len(unique)
         ),
         "pipeline counters",
     )
