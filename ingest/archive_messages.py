@@ -10,11 +10,10 @@ the message is acknowledged only after those rows are on disk.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.transforms import dead_letter
+from pipelines.transforms import dead_letter, event_json
 from schemas.codec import ATTR_BATCH_ID, ATTR_KIND, KIND_HEARTBEAT, DecodeError, decode_batch
 from schemas.validation import check_decoded_event
 
@@ -38,12 +37,6 @@ class HeldMessage:
     undecodable: bool = False
     rows: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _json_default(value: object) -> str:
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
 def hold_message(
@@ -73,7 +66,7 @@ def hold_message(
     for event in events:
         errors = check_decoded_event(event)
         if errors:
-            raw = json.dumps(event, default=_json_default, sort_keys=True).encode()
+            raw = event_json(event)
             held.dead_letters.append(
                 dead_letter(DEAD_LETTER_STAGE, "; ".join(errors), raw, attributes, event.get("event_id"))
             )

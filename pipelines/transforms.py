@@ -49,6 +49,7 @@ __all__ = [
     "WritePaneFiles",
     "append_window",
     "dead_letter",
+    "event_json",
 ]
 
 METRICS_NAMESPACE = "playledger"
@@ -77,6 +78,11 @@ def _json_default(value: object) -> str:
     if isinstance(value, dt.datetime):
         return value.isoformat()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def event_json(event: dict[str, Any]) -> bytes:
+    """A decoded event as canonical JSON (sorted keys, ISO times): a dead letter's payload."""
+    return json.dumps(event, default=_json_default, sort_keys=True).encode()
 
 
 def dead_letter(
@@ -125,7 +131,7 @@ class _DecodeFn(beam.DoFn):
             errors = check_decoded_event(event)
             if errors:
                 self.invalid.inc()
-                raw = json.dumps(event, default=_json_default, sort_keys=True).encode()
+                raw = event_json(event)
                 yield pvalue.TaggedOutput(
                     DecodeOutput.DEAD_LETTERS.value,
                     dead_letter("validate", "; ".join(errors), raw, attributes, event.get("event_id")),
@@ -183,7 +189,7 @@ class _DedupFn(beam.DoFn):
             if first_fingerprint != fingerprint:
                 # Counted once (the first copy), and the disagreement kept for a human.
                 self.conflicts.inc()
-                raw = json.dumps(event, default=_json_default, sort_keys=True).encode()
+                raw = event_json(event)
                 yield pvalue.TaggedOutput(
                     DedupOutput.CONFLICTS.value,
                     dead_letter(

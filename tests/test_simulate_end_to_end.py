@@ -20,16 +20,16 @@ import subprocess
 import sys
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from polling import poll
 from reference_royalties import Balance, ReferenceCatalog, expected_balances
-from tenacity import Retrying, retry_if_result, stop_after_delay, wait_fixed
 
 from ingest.pubsub import free_port
 from ledger.catalog import DEFAULT_CATALOG_DIR
@@ -37,23 +37,6 @@ from ledger.catalog import DEFAULT_CATALOG_DIR
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE_SECONDS = 90.0
 SEED = 20261128
-T = TypeVar("T")
-
-
-def poll(
-    probe: Callable[[], T], done: Callable[[T], bool], what: str, seconds: float = DEADLINE_SECONDS
-) -> T:
-    """Call ``probe`` every half second until ``done`` holds for its value; fail after ``seconds``."""
-    retrying = Retrying(
-        stop=stop_after_delay(seconds),
-        wait=wait_fixed(0.5),
-        retry=retry_if_result(lambda value: not done(value)),
-        retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
-    )
-    value: T = retrying(probe)
-    if not done(value):
-        pytest.fail(f"{what}: not reached within {seconds:g} s; last value: {value!r}")
-    return value
 
 
 @dataclass
