@@ -28,6 +28,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from ingest.durable import fsync_dir, make_durable_dir
 from ledger.tables import ARCHIVE_SCHEMA, partition_name
 from pipelines.files import write_parquet_atomically
 
@@ -52,27 +53,6 @@ _FOLDER_TIME = "%Y%m%dT%H%M%SZ"
 def floor_hour(moment: dt.datetime) -> dt.datetime:
     """The start of the UTC hour holding ``moment`` (an aware datetime)."""
     return moment.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a folder's entries (new files, renames) durable."""
-    handle = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(handle)
-    finally:
-        os.close(handle)
-
-
-def make_durable_dir(path: Path) -> None:
-    """Create ``path`` and any missing parents, each fsynced into its parent."""
-    missing: list[Path] = []
-    current = path
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
-    for folder in reversed(missing):
-        folder.mkdir(exist_ok=True)
-        fsync_dir(folder.parent)
 
 
 def _write_bytes_atomically(data: bytes, final_path: Path, temp_dir: Path) -> None:

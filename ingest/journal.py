@@ -57,6 +57,8 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
+from ingest.durable import fsync_dir
+
 __all__ = [
     "JOURNAL_DIR",
     "OPEN_DIR",
@@ -150,14 +152,6 @@ def open_receipt_files(data_dir: Path) -> list[Path]:
     ]
 
 
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _complete_length(descriptor: int) -> int:
     """Bytes up to and including the last newline: a torn last line was never acknowledged."""
     size = os.fstat(descriptor).st_size
@@ -239,9 +233,9 @@ def _seal_file(journal_dir: Path, open_path: Path, descriptor: int) -> int:
                 logger.error("sealing %s: skipped %d line(s) that are not receipts", open_path, skipped)
                 rows = _write_parquet_synced(temp_path, table.to_batches())
         os.replace(temp_path, final_path)
-        _fsync_directory(final_path.parent)
+        fsync_dir(final_path.parent)
     open_path.unlink(missing_ok=True)
-    _fsync_directory(open_path.parent)
+    fsync_dir(open_path.parent)
     return rows
 
 
@@ -460,7 +454,7 @@ class ReceiptJournal:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _fsync_directory(self._open_dir)  # the new file's name must survive a crash too
+            fsync_dir(self._open_dir)  # the new file's name must survive a crash too
         except OSError:
             os.close(descriptor)
             raise

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from ingest.durable import fsync_dir
+
 __all__ = ["write_parquet_atomically"]
 
 
@@ -49,11 +51,7 @@ def write_parquet_atomically(
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp_path, final_path)
-        directory = os.open(final_dir, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        fsync_dir(Path(final_dir))
         return final_path
     buffer = io.BytesIO()
     pq.write_table(table, buffer)

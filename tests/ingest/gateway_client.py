@@ -10,13 +10,13 @@ from __future__ import annotations
 import http.client
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import google.cloud.pubsub_v1 as pubsub_v1
+from client_events import play as play  # re-exported: the gateway tests import it from here
 from google.api_core import exceptions as gexc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -31,25 +31,6 @@ JSON_BODY = {"Content-Type": "application/json"}
 AUTH = {"Authorization": f"Bearer {API_KEY}", **JSON_BODY}
 
 T = TypeVar("T")
-
-
-def play(**changes: Any) -> dict[str, Any]:
-    """A valid client event with a fresh event_id; ``...`` removes a field."""
-    event: dict[str, Any] = {
-        "event_id": str(uuid.uuid4()),
-        "user_id": "user-42",
-        "track_id": "track-7",
-        "played_at": "2026-11-28T07:00:00+01:00",
-        "ms_played": 31_000,
-        "territory": "SE",
-        "product": "premium",
-        "context": "playlist",
-        "bitrate_kbps": 160,
-        "offline": False,
-        "device": "android-14",
-    }
-    event.update(changes)
-    return {name: value for name, value in event.items() if value is not ...}
 
 
 def settings_for(names: PubSubNames, data_dir: Path, **overrides: Any) -> GatewaySettings:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from client_events import play as client_event
 
 from schemas.codec import decode_batch, encode_batch, event_field_names
 from schemas.validation import CLIENT_FIELDS, check_decoded_event, validate_event
@@ -16,22 +17,8 @@ CONTEXTS = "album|playlist|daily_mix|radio|search|other"
 
 
 def play(**changes: Any) -> dict[str, Any]:
-    """A valid client event, with some fields changed (``...`` removes a field)."""
-    event: dict[str, Any] = {
-        "event_id": EVENT_ID,
-        "user_id": "user-42",
-        "track_id": "track-7",
-        "played_at": "2026-11-28T07:00:00+01:00",
-        "ms_played": 31_000,
-        "territory": "SE",
-        "product": "premium",
-        "context": "playlist",
-        "bitrate_kbps": 160,
-        "offline": False,
-        "device": "android-14",
-    }
-    event.update(changes)
-    return {name: value for name, value in event.items() if value is not ...}
+    """A valid client event with a fixed event_id, some fields changed (``...`` removes one)."""
+    return client_event(**{"event_id": EVENT_ID, **changes})
 
 
 def errors_of(raw: object) -> list[str]:
