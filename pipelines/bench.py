@@ -41,7 +41,7 @@ from ledger.catalog import DEFAULT_CATALOG_DIR, Catalog
 from ledger.tables import ARCHIVE_DIR, partition_name
 from pipelines import batch
 from pipelines.config import PipelineConfig
-from pipelines.direct_runner import mend_direct_runner_metrics
+from pipelines.direct_runner import mend_direct_runner
 from pipelines.streaming import build, parquet_sinks
 from pipelines.supervisor import Heartbeat, counters
 from pipelines.transforms import DecodePlayMessages
@@ -105,7 +105,7 @@ def _time_until(result: Any, done: Callable[[dict[str, int]], bool], timeout: fl
 
 def bench_streaming(events: int, per_message: int, console: Console) -> tuple[float, float]:
     """(ceiling events/s: pull + decode, end-to-end events/s with de-duplication)."""
-    mend_direct_runner_metrics()
+    mend_direct_runner()
     with emulator_from_env_or_started():
         suffix = uuid.uuid4().hex[:8]
         names = PubSubNames(
@@ -125,7 +125,7 @@ def bench_streaming(events: int, per_message: int, console: Console) -> tuple[fl
                 _ = (
                     ceiling
                     | ReadFromPubSub(subscription=names.archive, with_attributes=True)
-                    | DecodePlayMessages()
+                    | DecodePlayMessages(PipelineConfig().period_seconds)
                 )
                 seconds = _time_until(ceiling.run(), lambda c: c.get("events_decoded", 0) >= events, 600)
             ceiling_rate = events / seconds

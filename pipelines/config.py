@@ -23,6 +23,10 @@ class PipelineConfig:
     ``allowed_lateness_hours`` defaults to Pub/Sub's longest message retention (7 days):
     the source watermark follows the wall clock, so a backlog read after an outage is
     late, and anything older than the allowed lateness would be dropped by the window.
+
+    ``dedup_shards`` is how many keys the de-duplication state is spread over (by a hash
+    of ``event_id``): each shard checks a batch at a time, and shards run in parallel on
+    a runner with many workers (Dataflow: a few per worker core).
     """
 
     period_seconds: int = 3600
@@ -30,6 +34,7 @@ class PipelineConfig:
     late_firing_seconds: int = 5
     allowed_lateness_hours: int = 7 * 24
     dedup_horizon_hours: int = 24
+    dedup_shards: int = 4
     min_stream_ms: int = 30_000
     dead_letter_window_seconds: int = 60
     catalog_dir: Path = field(default=DEFAULT_CATALOG_DIR)
@@ -39,6 +44,7 @@ class PipelineConfig:
             "period_seconds",
             "early_firing_seconds",
             "dedup_horizon_hours",
+            "dedup_shards",
             "dead_letter_window_seconds",
         ):
             value = getattr(self, name)

@@ -33,6 +33,13 @@ class RoyaltyOptions(PipelineOptions):
         _flag(parser, "catalog_dir", default=str(defaults.catalog_dir), help="catalog CSVs")
         _flag(parser, "period_seconds", type=int, default=defaults.period_seconds, help="accounting period")
         _flag(parser, "dedup_horizon_hours", type=int, default=defaults.dedup_horizon_hours)
+        _flag(
+            parser,
+            "dedup_shards",
+            type=int,
+            default=defaults.dedup_shards,
+            help="keys the de-duplication state is spread over (parallelism on Dataflow)",
+        )
         _flag(parser, "min_stream_ms", type=int, default=defaults.min_stream_ms, help="shortest stream")
 
     def config(self) -> PipelineConfig:
@@ -42,6 +49,7 @@ class RoyaltyOptions(PipelineOptions):
         values: dict[str, Any] = {
             "period_seconds": self.period_seconds,
             "dedup_horizon_hours": self.dedup_horizon_hours,
+            "dedup_shards": self.dedup_shards,
             "min_stream_ms": self.min_stream_ms,
             "catalog_dir": self.catalog_dir,
         }

@@ -41,7 +41,7 @@ from ledger.tables import (
     LEDGER_SCHEMA,
 )
 from pipelines.config import PipelineConfig
-from pipelines.direct_runner import DIRECT_RUNNERS, mend_direct_runner_metrics
+from pipelines.direct_runner import DIRECT_RUNNERS, mend_direct_runner
 from pipelines.options import RoyaltyOptions, StreamingOptions, options_help
 from pipelines.supervisor import COUNTERS_FILE, SupervisorSettings, supervise
 from pipelines.transforms import (
@@ -82,7 +82,7 @@ class PipelineOutputs:
 
     ledger_rows: beam.PCollection
     dead_letters: beam.PCollection
-    duplicates: beam.PCollection
+    duplicates: beam.PCollection  # batches of later copies (pa.RecordBatch)
     counters: beam.PCollection
 
 
@@ -126,9 +126,9 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
     lateness = Duration(seconds=config.allowed_lateness_hours * 3600)
 
     messages = p | "ReadPlays" >> source
-    decoded = messages | "DecodePlays" >> DecodePlayMessages()
+    decoded = messages | "DecodePlays" >> DecodePlayMessages(config.period_seconds)
     deduped = decoded[DecodeOutput.EVENTS.value] | "DedupByEventId" >> DedupByEventId(
-        config.dedup_horizon_hours
+        config.dedup_horizon_hours, config.dedup_shards
     )
     catalog_view = beam.pvalue.AsSingleton(p | "LoadCatalog" >> beam.Create([catalog]))
     ledger_rows = deduped[DedupOutput.UNIQUE.value] | "AggregateLedger" >> AggregateLedger(
@@ -159,11 +159,11 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
     }
     counter_rows = counted | "CountBranches" >> CountBranches(
         {
-            "decoded": _named("events_decoded"),
+            "decoded": _rows("events_decoded"),
             "dead_letters": _dead_letter_counter,
-            "unique": _named("events_unique"),
-            "duplicate": _named("events_duplicate"),
-            "conflict": _named("events_conflict"),
+            "unique": _rows("events_unique"),
+            "duplicate": _rows("events_duplicate"),
+            "conflict": _one("events_conflict"),
         },
         config.period_seconds,
         config.early_firing_seconds,
@@ -179,13 +179,17 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
     return PipelineOutputs(ledger_rows, dead_letters, deduped[DedupOutput.DUPLICATES.value], counter_rows)
 
 
-def _named(counter: str) -> Any:
-    return lambda _element: counter
+def _rows(counter: str) -> Any:
+    return lambda batch: (counter, batch.num_rows)
 
 
-def _dead_letter_counter(row: dict[str, Any]) -> str:
+def _one(counter: str) -> Any:
+    return lambda _element: (counter, 1)
+
+
+def _dead_letter_counter(row: dict[str, Any]) -> tuple[str, int]:
     # Undecodable messages and invalid events: one counter per stage that refused them.
-    return "messages_undecodable" if row["stage"] == "decode" else "events_invalid"
+    return ("messages_undecodable" if row["stage"] == "decode" else "events_invalid", 1)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -206,7 +210,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         # Named explicitly: the default DirectRunner first tries to download another runner.
         options.view_as(StandardOptions).runner = "BundleBasedDirectRunner"
     if options.view_as(StandardOptions).runner in DIRECT_RUNNERS:
-        mend_direct_runner_metrics()
+        mend_direct_runner()
     pipeline = beam.Pipeline(options=options)
     build(
         pipeline,

@@ -3,16 +3,19 @@
 Each step is a small DoFn wrapped in a named composite; every fallible step has a
 dead-letter output and a counter per branch, so reconciliation can balance them::
 
-    messages ─ DecodePlayMessages ─┬─ events ─ DedupByEventId ─┬─ unique ─ AttributeRoyalties
-                                   └─ dead letters             └─ duplicates
-    ─ AggregateLedger (window by received_at, early/late panes as deltas) ─ ledger rows
+    messages ─ DecodePlayMessages ─┬─ plays ─ DedupByEventId ─┬─ unique ─ AggregateLedger
+                                   └─ dead letters            ├─ duplicates
+                                                              └─ conflicts (dead letters)
+    AggregateLedger: window by received_at ─ CountPlays ─ AttributeCounts ─ ledger rows
+
+Plays travel as Arrow record batches (``pipelines.play_batches``), a message's events
+together, so the per-event work is column operations rather than Python per element.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import json
 import uuid
 from collections.abc import Iterable, Iterator
@@ -20,19 +23,33 @@ from enum import StrEnum
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam import pvalue
-from apache_beam.coders import BytesCoder
+from apache_beam.coders import VarIntCoder
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, userstate, window
+from apache_beam.transforms.combiners import LiftedCombinePerKey
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from ledger.allocation import UNMATCHED, attribute_play
 from ledger.catalog import Catalog
 from ledger.tables import partition_name
 from pipelines.files import write_parquet_atomically
-from schemas.codec import ATTR_BATCH_ID, ATTR_KIND, KIND_HEARTBEAT, DecodeError, decode_batch
-from schemas.validation import check_decoded_event
+from pipelines.play_batches import content_fingerprints, decode_plays, event_keys, shard_of, split_by_period
+from pipelines.remembered_ids import (
+    EXPIRES,
+    MAX_CHUNKS,
+    RememberedIdsCoder,
+    chunk_of,
+    find,
+    key_halves,
+    merge,
+    unexpired,
+)
+from schemas.codec import ATTR_BATCH_ID, ATTR_KIND, KIND_HEARTBEAT, DecodeError
 
 __all__ = [
     "METRICS_NAMESPACE",
@@ -44,10 +61,13 @@ __all__ = [
     "DecodePlayMessages",
     "DedupByEventId",
     "DedupOutput",
+    "PlayCounts",
     "PlayGroup",
     "SumPlaysAndStreams",
     "WritePaneFiles",
     "append_window",
+    "combine_per_key",
+    "count_plays",
     "dead_letter",
     "event_json",
 ]
@@ -105,7 +125,8 @@ def dead_letter(
 
 
 class _DecodeFn(beam.DoFn):
-    def __init__(self) -> None:
+    def __init__(self, period_seconds: int) -> None:
+        self.period_seconds = period_seconds
         self.messages = _counter("messages_read")
         self.heartbeats = _counter("heartbeats")
         self.undecodable = _counter("messages_undecodable")
@@ -119,7 +140,7 @@ class _DecodeFn(beam.DoFn):
             return
         self.messages.inc()
         try:
-            events = decode_batch(message.data, attributes)
+            plays = decode_plays(message.data, attributes)
         except DecodeError as error:
             self.undecodable.inc()
             yield pvalue.TaggedOutput(
@@ -127,115 +148,235 @@ class _DecodeFn(beam.DoFn):
                 dead_letter("decode", str(error), message.data, attributes),
             )
             return
-        for event in events:
-            errors = check_decoded_event(event)
-            if errors:
-                self.invalid.inc()
-                raw = event_json(event)
-                yield pvalue.TaggedOutput(
-                    DecodeOutput.DEAD_LETTERS.value,
-                    dead_letter("validate", "; ".join(errors), raw, attributes, event.get("event_id")),
-                )
-                continue
-            self.decoded.inc()
-            # Event time is the gateway's receive time: it assigns the accounting period.
-            yield window.TimestampedValue(event, Timestamp.from_utc_datetime(event["received_at"]))
+        for event, errors in plays.invalid:
+            self.invalid.inc()
+            yield pvalue.TaggedOutput(
+                DecodeOutput.DEAD_LETTERS.value,
+                dead_letter("validate", "; ".join(errors), event_json(event), attributes, event["event_id"]),
+            )
+        self.decoded.inc(plays.valid.num_rows)
+        # Event time is the gateway's receive time: it assigns the accounting period, so
+        # a batch is split where a period ends and stamped with its earliest receive time.
+        for earliest_micros, rows in split_by_period(plays.valid, self.period_seconds):
+            yield window.TimestampedValue(rows, Timestamp(micros=earliest_micros))
 
 
 class DecodePlayMessages(beam.PTransform):
-    """Pub/Sub messages → play events stamped with ``received_at``, plus dead letters.
+    """Pub/Sub messages → batches of valid play events (``pa.RecordBatch``), plus dead letters.
 
-    Heartbeat messages (which keep an idle source moving) are counted and dropped.
-    Returns a tagged result: ``result[DecodeOutput.EVENTS.value]`` and
-    ``result[DecodeOutput.DEAD_LETTERS.value]``.
+    A message's events stay together, one batch per accounting period of
+    ``period_seconds``, stamped with the earliest ``received_at`` in it; each invalid
+    event and each undecodable message is a dead letter. Heartbeat messages (which keep
+    an idle source moving) are counted and dropped. Returns a tagged result:
+    ``result[DecodeOutput.EVENTS.value]`` and ``result[DecodeOutput.DEAD_LETTERS.value]``.
     """
 
+    def __init__(self, period_seconds: int) -> None:
+        super().__init__()
+        if period_seconds <= 0:
+            raise ValueError("period_seconds must be positive")
+        self.period_seconds = period_seconds
+
     def expand(self, messages: beam.PCollection) -> pvalue.DoOutputsTuple:
-        return messages | "Decode" >> beam.ParDo(_DecodeFn()).with_outputs(
+        return messages | "Decode" >> beam.ParDo(_DecodeFn(self.period_seconds)).with_outputs(
             DecodeOutput.DEAD_LETTERS.value, main=DecodeOutput.EVENTS.value
         )
 
 
-def content_fingerprint(event: dict[str, Any]) -> bytes:
-    """A stable digest of what a play says, without when the gateway received this copy."""
-    content = {name: value for name, value in event.items() if name != "received_at"}
-    encoded = json.dumps(content, default=_json_default, sort_keys=True).encode()
-    return hashlib.blake2b(encoded, digest_size=16).digest()
+class _ShardFn(beam.DoFn):
+    """A batch → ``(shard, its rows in that shard)``, order kept, so one key sees every copy of an id."""
+
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+
+    def process(self, batch: pa.RecordBatch) -> Iterator[tuple[int, pa.RecordBatch]]:
+        shards = shard_of(event_keys(batch["event_id"]), self.shards)
+        if len(shards) and (shards == shards[0]).all():
+            yield int(shards[0]), batch
+            return
+        order = np.argsort(shards, kind="stable")
+        bounds = np.flatnonzero(np.diff(shards[order])) + 1
+        for rows in np.split(order, bounds):
+            if len(rows):
+                yield int(shards[rows[0]]), batch.take(pa.array(rows))
+
+
+PRUNE_SECONDS = 60
+"""Remembered ids are forgotten at whole minutes: at least the horizon, at most a minute more."""
+
+
+def _ceil_to(seconds: np.ndarray, step: int) -> np.ndarray:
+    rounded: np.ndarray = -(-seconds // step) * step
+    return rounded
 
 
 class _DedupFn(beam.DoFn):
-    FIRST = userstate.ReadModifyWriteStateSpec("first_fingerprint", BytesCoder())
-    EXPIRY = userstate.TimerSpec("expiry", userstate.TimeDomain.WATERMARK)
+    """Checks one shard's batches against the ids it remembers (see ``pipelines.remembered_ids``)."""
 
-    def __init__(self, horizon: Duration) -> None:
-        self.horizon = horizon
+    RECENT = userstate.BagStateSpec("recent", RememberedIdsCoder())
+    RUNS = userstate.BagStateSpec("runs", RememberedIdsCoder())
+    SETTLED = userstate.ReadModifyWriteStateSpec("settled", RememberedIdsCoder())
+    PRUNE_AT = userstate.ReadModifyWriteStateSpec("prune_at", VarIntCoder())
+    PRUNE = userstate.TimerSpec("prune", userstate.TimeDomain.WATERMARK)
+
+    def __init__(self, horizon_seconds: int) -> None:
+        self.horizon_seconds = horizon_seconds
         self.unique = _counter("events_unique")
         self.duplicates = _counter("events_duplicate")
         self.conflicts = _counter("events_conflict")
 
     def process(
         self,
-        keyed_event: tuple[str, dict[str, Any]],
-        timestamp: Any = beam.DoFn.TimestampParam,
-        first: Any = beam.DoFn.StateParam(FIRST),
-        expiry: Any = beam.DoFn.TimerParam(EXPIRY),
+        shard_batch: tuple[int, pa.RecordBatch],
+        recent: Any = beam.DoFn.StateParam(RECENT),
+        runs: Any = beam.DoFn.StateParam(RUNS),
+        settled: Any = beam.DoFn.StateParam(SETTLED),
+        prune_at: Any = beam.DoFn.StateParam(PRUNE_AT),
+        prune: Any = beam.DoFn.TimerParam(PRUNE),
     ) -> Iterator[Any]:
-        _, event = keyed_event
-        fingerprint = content_fingerprint(event)
-        first_fingerprint = first.read()
-        if first_fingerprint is not None:
-            self.duplicates.inc()
-            yield pvalue.TaggedOutput(DedupOutput.DUPLICATES.value, event)
-            if first_fingerprint != fingerprint:
+        _, batch = shard_batch
+        keys = event_keys(batch["event_id"])
+        fingerprints = content_fingerprints(batch)
+        distinct, first_row, row_key = np.unique(keys, return_index=True, return_inverse=True)
+        hi, lo = key_halves(distinct)
+        recent_chunks = list(recent.read())
+        run_chunks = list(runs.read())
+        settled_chunk = settled.read()
+        remembered = [] if settled_chunk is None else [settled_chunk]
+        seen = np.zeros(len(distinct), bool)
+        first_fingerprint = fingerprints[first_row]
+        for chunk in remembered + run_chunks + recent_chunks:
+            found, stored = find(chunk, hi, lo)
+            seen |= found
+            first_fingerprint = np.where(found, stored, first_fingerprint)
+        # A row is new if its id was not remembered and no earlier row of the batch has it.
+        new = ~seen[row_key] & (np.arange(batch.num_rows) == first_row[row_key])
+        conflict = ~new & (fingerprints != first_fingerprint[row_key])
+        new_count = int(new.sum())
+        self.unique.inc(new_count)
+        if new_count:
+            yield batch if new_count == batch.num_rows else batch.filter(pa.array(new))
+        if new_count < batch.num_rows:
+            self.duplicates.inc(batch.num_rows - new_count)
+            yield pvalue.TaggedOutput(DedupOutput.DUPLICATES.value, batch.filter(pa.array(~new)))
+        if conflict.any():
+            self.conflicts.inc(int(conflict.sum()))
+            for event in batch.filter(pa.array(conflict)).to_pylist():
                 # Counted once (the first copy), and the disagreement kept for a human.
-                self.conflicts.inc()
-                raw = event_json(event)
                 yield pvalue.TaggedOutput(
                     DedupOutput.CONFLICTS.value,
                     dead_letter(
                         "dedup",
                         "conflicting duplicate: same event_id as an earlier copy, different content",
-                        raw,
+                        event_json(event),
                         {},
                         event["event_id"],
                     ),
                 )
+        if not new_count:
             return
-        first.write(fingerprint)
-        # The horizon counts from the first copy; later copies do not extend it.
-        expiry.set(timestamp + self.horizon)
-        self.unique.inc()
-        yield event
+        # The horizon counts from the first copy's receive time; later copies do not extend it.
+        received_micros = batch["received_at"].cast(pa.int64()).to_numpy()[first_row[~seen]]
+        expires = _ceil_to(received_micros // 1_000_000 + self.horizon_seconds, PRUNE_SECONDS)
+        chunk = chunk_of(distinct[~seen], first_fingerprint[~seen], expires)
+        _remember(chunk, recent, recent_chunks, runs, run_chunks, settled, settled_chunk)
+        earliest = int(expires.min())
+        pending = prune_at.read()
+        if pending is None or earliest < pending:
+            prune.set(Timestamp(seconds=earliest))
+            prune_at.write(earliest)
 
-    @userstate.on_timer(EXPIRY)
-    def expire(self, first: Any = beam.DoFn.StateParam(FIRST)) -> None:
-        first.clear()
+    @userstate.on_timer(PRUNE)
+    def forget_expired(
+        self,
+        fired_at: Any = beam.DoFn.TimestampParam,
+        recent: Any = beam.DoFn.StateParam(RECENT),
+        runs: Any = beam.DoFn.StateParam(RUNS),
+        settled: Any = beam.DoFn.StateParam(SETTLED),
+        prune_at: Any = beam.DoFn.StateParam(PRUNE_AT),
+        prune: Any = beam.DoFn.TimerParam(PRUNE),
+    ) -> None:
+        now = int(fired_at.micros // 1_000_000)
+        kept = []
+        for cell in (recent, runs):
+            chunk = unexpired(merge(list(cell.read())), now)
+            cell.clear()
+            if chunk.shape[1]:
+                cell.add(chunk)
+            kept.append(chunk)
+        settled_chunk = settled.read()
+        if settled_chunk is not None:
+            chunk = unexpired(settled_chunk, now)
+            if chunk.shape[1] < settled_chunk.shape[1]:
+                settled.write(chunk)
+            kept.append(chunk)
+        remaining = [chunk for chunk in kept if chunk.shape[1]]
+        if not remaining:
+            prune_at.clear()
+            return
+        earliest = min(int(chunk[EXPIRES].min()) for chunk in remaining)
+        prune.set(Timestamp(seconds=earliest))
+        prune_at.write(earliest)
+
+
+def _remember(
+    chunk: np.ndarray,
+    recent: Any,
+    recent_chunks: list[np.ndarray],
+    runs: Any,
+    run_chunks: list[np.ndarray],
+    settled: Any,
+    settled_chunk: np.ndarray | None,
+) -> None:
+    """Add a sorted chunk of new ids, merging a full cell into the next one down."""
+    if len(recent_chunks) < MAX_CHUNKS:
+        recent.add(chunk)
+        return
+    recent.clear()
+    run = merge([*recent_chunks, chunk])
+    if len(run_chunks) < MAX_CHUNKS:
+        runs.add(run)
+        return
+    runs.clear()
+    merged = merge([*run_chunks, run])
+    size = 0 if settled_chunk is None else settled_chunk.shape[1]
+    if 2 * merged.shape[1] >= size:
+        # Rewriting the settled array costs its size: only once the runs have grown to half of it.
+        settled.write(merged if settled_chunk is None else merge([settled_chunk, merged]))
+    else:
+        runs.add(merged)
 
 
 class DedupByEventId(beam.PTransform):
     """Keep the first copy of each ``event_id`` seen within ``dedup_horizon_hours``.
 
-    Modelled on Beam's ``DeduplicatePerKey`` with an event-time timer only, in the
-    global window, so a retry that crosses a period boundary is still caught; unlike it,
-    duplicates are counted and returned (``DedupOutput.DUPLICATES``), not just dropped.
+    Batches of plays → the batches' first copies (``DedupOutput.UNIQUE``), the later
+    copies (``DedupOutput.DUPLICATES``) and a dead letter per later copy whose content
+    differs from the first (``DedupOutput.CONFLICTS``). Modelled on Beam's
+    ``DeduplicatePerKey`` (state plus an event-time timer, in the global window, so a
+    retry that crosses a period boundary is still caught), but keyed by a hash of the
+    id into ``shards`` and checked a batch at a time: an id is remembered at least
+    ``dedup_horizon_hours`` after its first copy was received, and forgotten by the next
+    whole minute once the watermark has passed that.
     """
 
-    def __init__(self, dedup_horizon_hours: int) -> None:
+    def __init__(self, dedup_horizon_hours: int, shards: int) -> None:
         super().__init__()
         if dedup_horizon_hours <= 0:
             raise ValueError("dedup_horizon_hours must be positive")
-        self.horizon = Duration(seconds=dedup_horizon_hours * 3600)
+        if shards <= 0:
+            raise ValueError("shards must be positive")
+        self.horizon_seconds = dedup_horizon_hours * 3600
+        self.shards = shards
 
     def expand(self, events: beam.PCollection) -> pvalue.DoOutputsTuple:
         return (
             events
             | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
-            | "KeyByEventId"
-            >> beam.Map(lambda event: (event["event_id"], event)).with_output_types(
-                beam.typehints.KV[str, dict[str, Any]]
-            )
+            | "ShardByEventId"
+            >> beam.ParDo(_ShardFn(self.shards)).with_output_types(beam.typehints.KV[int, pa.RecordBatch])
             | "FirstCopyOnly"
-            >> beam.ParDo(_DedupFn(self.horizon)).with_outputs(
+            >> beam.ParDo(_DedupFn(self.horizon_seconds)).with_outputs(
                 DedupOutput.DUPLICATES.value, DedupOutput.CONFLICTS.value, main=DedupOutput.UNIQUE.value
             )
         )
@@ -243,14 +384,6 @@ class DedupByEventId(beam.PTransform):
 
 PlayGroup = tuple[str, str, str]
 """(track_id, territory, product): the plays in one group earn the same per stream."""
-
-
-def _play_group(min_stream_ms: int) -> Any:
-    def keyed(event: dict[str, Any]) -> tuple[PlayGroup, tuple[int, int]]:
-        is_stream = int(event["ms_played"] >= min_stream_ms)
-        return (event["track_id"], event["territory"], event["product"]), (1, is_stream)
-
-    return keyed
 
 
 class SumPlaysAndStreams(beam.CombineFn):
@@ -279,11 +412,109 @@ class SumPlaysAndStreams(beam.CombineFn):
         return accumulator
 
 
+def combine_per_key(combine_fn: beam.CombineFn) -> beam.PTransform:
+    """``CombinePerKey`` that combines within each bundle before the shuffle, in any windowing.
+
+    Beam's direct runner lifts a combiner only in the global window with the default
+    trigger; in our windows every input element would otherwise go through the trigger
+    machinery one by one. Combining is associative, so pre-combining a bundle's elements
+    per key and window gives the same panes.
+    """
+    return LiftedCombinePerKey(combine_fn, (), {})
+
+
+class _SumFn(beam.CombineFn):
+    """Sums integers; an empty pane sums to 0."""
+
+    def create_accumulator(self) -> int:
+        return 0
+
+    def add_input(self, accumulator: int, value: int) -> int:
+        return accumulator + value
+
+    def merge_accumulators(self, accumulators: Iterable[int]) -> int:
+        return sum(accumulators)
+
+    def extract_output(self, accumulator: int) -> int:
+        return accumulator
+
+
+PlayCounts = dict[PlayGroup, tuple[int, int]]
+"""``(plays, streams)`` per play group."""
+
+
+def count_plays(plays: pa.RecordBatch | pa.Table, min_stream_ms: int) -> PlayCounts:
+    """Plays and streams per (track, territory, product), counted column-wise in Arrow."""
+    is_stream = pc.cast(pc.greater_equal(plays["ms_played"], min_stream_ms), pa.int64())
+    counted = (
+        pa.table(
+            {
+                "track_id": plays["track_id"],
+                "territory": plays["territory"],
+                "product": plays["product"],
+                "is_stream": is_stream,
+            }
+        )
+        .group_by(["track_id", "territory", "product"], use_threads=False)
+        .aggregate([("is_stream", "count"), ("is_stream", "sum")])
+    )
+    columns = [counted[name].to_pylist() for name in ("track_id", "territory", "product")]
+    totals = zip(counted["is_stream_count"].to_pylist(), counted["is_stream_sum"].to_pylist(), strict=True)
+    return dict(zip(zip(*columns, strict=True), totals, strict=True))
+
+
+class _PendingCounts:
+    """A ``_CountPlaysFn`` accumulator: counts so far, and batches not counted yet."""
+
+    __slots__ = ("batches", "counts")
+
+    def __init__(self, counts: PlayCounts | None = None) -> None:
+        self.counts: PlayCounts = counts or {}
+        self.batches: list[pa.RecordBatch] = []
+
+
+class _CountPlaysFn(beam.CombineFn):
+    """Batches of plays → ``PlayCounts``; batches are gathered and counted together in one pass."""
+
+    def __init__(self, min_stream_ms: int) -> None:
+        self.min_stream_ms = min_stream_ms
+
+    def create_accumulator(self) -> _PendingCounts:
+        return _PendingCounts()
+
+    def add_input(self, accumulator: _PendingCounts, batch: pa.RecordBatch) -> _PendingCounts:
+        if batch.num_rows:
+            accumulator.batches.append(batch)
+        return accumulator
+
+    def compact(self, accumulator: _PendingCounts) -> _PendingCounts:
+        if not accumulator.batches:
+            return accumulator
+        counted = count_plays(pa.Table.from_batches(accumulator.batches), self.min_stream_ms)
+        return _PendingCounts(_sum_counts([accumulator.counts, counted]))
+
+    def merge_accumulators(self, accumulators: Iterable[_PendingCounts]) -> _PendingCounts:
+        return _PendingCounts(_sum_counts(self.compact(accumulator).counts for accumulator in accumulators))
+
+    def extract_output(self, accumulator: _PendingCounts) -> PlayCounts:
+        return self.compact(accumulator).counts
+
+
+def _sum_counts(all_counts: Iterable[PlayCounts]) -> PlayCounts:
+    summed: PlayCounts = {}
+    for counts in all_counts:
+        for group, (plays, streams) in counts.items():
+            before = summed.get(group)
+            summed[group] = (plays, streams) if before is None else (before[0] + plays, before[1] + streams)
+    return summed
+
+
 class CountPlays(beam.PTransform):
-    """Unique plays → ``((track_id, territory, product), (plays, streams))`` per window.
+    """Batches of unique plays → ``((track_id, territory, product), (plays, streams))`` per window.
 
     A play of at least ``min_stream_ms`` is a stream. Counting before attributing is
-    exact: every stream of a group earns the same gross, split the same way.
+    exact: every stream of a group earns the same gross, split the same way. A pane's
+    batches are counted together, column-wise; an empty pane yields nothing.
     """
 
     def __init__(self, min_stream_ms: int) -> None:
@@ -292,11 +523,12 @@ class CountPlays(beam.PTransform):
             raise ValueError("min_stream_ms must not be negative")
         self.min_stream_ms = min_stream_ms
 
-    def expand(self, events: beam.PCollection) -> beam.PCollection:
+    def expand(self, batches: beam.PCollection) -> beam.PCollection:
         return (
-            events
-            | "KeyByPlayGroup" >> beam.Map(_play_group(self.min_stream_ms))
-            | "SumPlaysAndStreams" >> beam.CombinePerKey(SumPlaysAndStreams())
+            batches
+            | "OneKey" >> beam.Map(lambda batch: (None, batch))
+            | "CountPerPane" >> combine_per_key(_CountPlaysFn(self.min_stream_ms))
+            | "PerPlayGroup" >> beam.FlatMap(lambda keyed_counts: keyed_counts[1].items())
         )
 
 
@@ -467,10 +699,11 @@ class _ToCounterRowFn(beam.DoFn):
 class CountBranches(beam.PTransform):
     """Named branches of the pipeline → counter rows per period (deltas, like the ledger).
 
-    Each element of a branch counts once in the period of its timestamp (an event's
-    ``received_at``; an undecodable message's publish time), so reconciliation can
-    balance a period: ``decoded = unique + duplicate``, and so on. A branch given as a
-    function names each element's counter (dead letters count per stage).
+    Each branch has a function from an element to ``(counter, count)``: a batch of plays
+    counts its rows, a dead letter counts one under its stage's counter. An element
+    counts in the period of its timestamp (a batch's ``received_at``; an undecodable
+    message's publish time), so reconciliation can balance a period:
+    ``decoded = unique + duplicate``, and so on.
     """
 
     def __init__(
@@ -496,12 +729,12 @@ class CountBranches(beam.PTransform):
         keyed = []
         for name, pcoll in pcolls.items():
             namer = self.branches[name]
-            keyed.append(pcoll | f"Name{name}" >> beam.Map(lambda element, n=namer: (n(element), 1)))
+            keyed.append(pcoll | f"Name{name}" >> beam.Map(namer))
         return (
             keyed
             | "AllBranches" >> beam.Flatten()
             | "WindowByPeriod" >> append_window(*self.window)
-            | "SumPerCounter" >> beam.CombinePerKey(sum)
+            | "SumPerCounter" >> combine_per_key(_SumFn())
             | "ToCounterRow" >> beam.ParDo(_ToCounterRowFn())
         )
 

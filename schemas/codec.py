@@ -69,8 +69,15 @@ def load_schema(version: int | None = None) -> dict[str, Any]:
 
 
 @cache
-def _array_schema(version: int | None) -> Any:
-    return fastavro.parse_schema({"type": "array", "items": load_schema(version)})
+def _array_schema(version: int | None, timestamps_as_micros: bool = False) -> Any:
+    items = load_schema(version)
+    if timestamps_as_micros:
+        # Logical types do not change the encoding: without them a timestamp-micros
+        # field decodes as the plain long it is on the wire, with no datetime made.
+        for field in items["fields"]:
+            if isinstance(field["type"], dict) and field["type"].get("logicalType") == "timestamp-micros":
+                field["type"] = field["type"]["type"]
+    return fastavro.parse_schema({"type": "array", "items": items})
 
 
 def event_field_names() -> tuple[str, ...]:
@@ -92,8 +99,14 @@ def encode_batch(events: Sequence[Mapping[str, Any]], batch_id: str) -> EncodedB
     )
 
 
-def decode_batch(data: bytes, attributes: Mapping[str, str]) -> list[dict[str, Any]]:
-    """Decode one message into event dicts; raise ``DecodeError`` saying why not."""
+def decode_batch(
+    data: bytes, attributes: Mapping[str, str], *, timestamps_as_micros: bool = False
+) -> list[dict[str, Any]]:
+    """Decode one message into event dicts; raise ``DecodeError`` saying why not.
+
+    Timestamps are aware UTC datetimes, or with ``timestamps_as_micros`` the integer
+    microseconds since the epoch they are on the wire (cheaper, for columnar readers).
+    """
     raw_version = attributes.get(ATTR_SCHEMA_VERSION)
     if raw_version is None:
         raise DecodeError(f"missing attribute {ATTR_SCHEMA_VERSION!r}")
@@ -107,7 +120,12 @@ def decode_batch(data: bytes, attributes: Mapping[str, str]) -> list[dict[str, A
     try:
         events = cast(
             list[dict[str, Any]],
-            fastavro.schemaless_reader(buffer, _array_schema(version), _array_schema(None)),
+            fastavro.schemaless_reader(
+                buffer,
+                _array_schema(version, timestamps_as_micros),
+                # The current version needs no resolution, which costs a third of the time.
+                None if version == SCHEMA_VERSION else _array_schema(None, timestamps_as_micros),
+            ),
         )
     except Exception as error:  # fastavro raises several types for corrupt input
         raise DecodeError(f"payload is not a v{version} event batch: {error!r}") from None

@@ -39,7 +39,9 @@ __all__ = [
     "FieldError",
     "FieldRule",
     "check_decoded_event",
+    "enum_symbols",
     "parse_rfc3339",
+    "territory_codes",
     "validate_event",
 ]
 
@@ -95,7 +97,7 @@ def _require_int(value: object) -> int:
 
 
 @cache
-def _enum_symbols(field_name: str) -> tuple[str, ...]:
+def enum_symbols(field_name: str) -> tuple[str, ...]:
     """Symbols of an enum field, read from the schema so they are declared once."""
     for field in load_schema()["fields"]:
         if field["name"] == field_name:
@@ -105,7 +107,8 @@ def _enum_symbols(field_name: str) -> tuple[str, ...]:
 
 
 @cache
-def _alpha_2_codes() -> frozenset[str]:
+def territory_codes() -> frozenset[str]:
+    """ISO 3166-1 alpha-2 codes: the territories a play may carry."""
     return frozenset(country.alpha_2 for country in pycountry.countries)
 
 
@@ -152,16 +155,16 @@ def _check_ms_played(value: object) -> None:
 
 def _check_territory(value: object) -> None:
     code = _require_string(value, MAX_ID_CHARS)
-    if code in _alpha_2_codes():
+    if code in territory_codes():
         return
-    if code.upper() in _alpha_2_codes():
+    if code.upper() in territory_codes():
         raise FieldError(f"must be upper case: {code.upper()!r}, not {code!r}")
     raise FieldError(f"must be an ISO 3166-1 alpha-2 country code, got {code[:16]!r}")
 
 
 def _enum_check(field_name: str) -> Callable[[object], None]:
     def check(value: object) -> None:
-        symbols = _enum_symbols(field_name)
+        symbols = enum_symbols(field_name)
         if not isinstance(value, str):
             raise FieldError(f"must be a string, got {_json_type(value)}")
         if value not in symbols:

@@ -30,7 +30,7 @@ from ingest.pubsub import PubSubNames
 from ledger.catalog import DEFAULT_CATALOG_DIR
 from ledger.views import open_ledger, run_sql
 from pipelines.config import PipelineConfig
-from pipelines.direct_runner import mend_direct_runner_metrics
+from pipelines.direct_runner import mend_direct_runner
 from pipelines.streaming import build, parquet_sinks
 from pipelines.supervisor import Heartbeat, counters
 
@@ -137,7 +137,7 @@ def test_plays_posted_over_http_land_in_the_ledger_exactly(
     assert expected[UNMATCHED] == Balance(1, 1, catalog.rates_micros[("BR", "premium")])
     unique_plays = len(first_batch) + len(second_batch) - 1
 
-    mend_direct_runner_metrics()
+    mend_direct_runner()
     pipeline = beam.Pipeline(options=PipelineOptions(streaming=True, runner="BundleBasedDirectRunner"))
     build(
         pipeline,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import random
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 import duckdb
+import pyarrow as pa
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -23,6 +25,11 @@ from schemas.codec import ATTR_KIND, KIND_HEARTBEAT
 
 PERIOD = 60
 BASE = int(EPOCH.timestamp())
+
+
+def rows(batch: pa.RecordBatch) -> list[dict[str, Any]]:
+    """A batch of plays as event dicts."""
+    return batch.to_pylist()
 
 
 def streaming_pipeline() -> TestPipeline:
@@ -92,7 +99,9 @@ def test_duplicate_in_a_later_period_is_dropped_and_late_play_is_a_delta(tiny_ca
             label="LedgerPerPeriod",
         )
         assert_that(
-            outputs.duplicates | beam.Map(lambda event: event["event_id"]),
+            outputs.duplicates
+            | "DuplicateRows" >> beam.FlatMap(rows)
+            | beam.Map(lambda event: event["event_id"]),
             equal_to([first["event_id"]]),
             label="Duplicates",
         )
@@ -188,7 +197,8 @@ def test_dedup_state_expires_after_the_horizon(tiny_catalog: Path) -> None:
         .add_elements([at(10, message(first))])
         .advance_watermark_to(BASE + 50 * 60 - 1)
         .add_elements([at(50 * 60, message(within))])
-        .advance_watermark_to(BASE + 3600 + 60)  # past first copy + 1 h: its state expires
+        # Past the first copy + 1 h and the next whole minute: its id is forgotten.
+        .advance_watermark_to(BASE + 3600 + 120)
         .add_elements([at(3600 + 300, message(beyond))])
         .advance_watermark_to_infinity()
     )
@@ -202,7 +212,9 @@ def test_dedup_state_expires_after_the_horizon(tiny_catalog: Path) -> None:
     with streaming_pipeline() as p:
         outputs = build(p, stream, Sinks(), one_hour)
         assert_that(
-            outputs.duplicates | beam.Map(lambda event: event["received_at"]),
+            outputs.duplicates
+            | "DuplicateRows" >> beam.FlatMap(rows)
+            | beam.Map(lambda event: event["received_at"]),
             equal_to([within["received_at"]]),
             label="OnlyTheCopyWithinTheHorizon",
         )
@@ -231,7 +243,7 @@ def test_a_conflicting_duplicate_counts_once_and_is_recorded(tiny_catalog: Path)
             label="CountedOnce",
         )
         assert_that(
-            outputs.duplicates | beam.Map(lambda e: e["ms_played"]),
+            outputs.duplicates | "DuplicateRows" >> beam.FlatMap(rows) | beam.Map(lambda e: e["ms_played"]),
             equal_to([120_000, 10_000]),
             label="BothLaterCopiesAreDuplicates",
         )
@@ -269,6 +281,58 @@ def test_counters_balance_per_period(tiny_catalog: Path) -> None:
                         ("events_duplicate", 1),
                         ("events_invalid", 1),
                     ],
+                }
+            ),
+        )
+
+
+def test_dedup_remembers_across_many_batches_and_both_letter_cases(tiny_catalog: Path) -> None:
+    """Enough batches to merge the remembered ids into runs and a settled array, on one shard."""
+    rng = random.Random(5)
+    sent: list[dict[str, Any]] = []
+    stream = TestStream().advance_watermark_to(BASE)
+    retries = conflicts = 0
+    for group in range(12):
+        messages = []
+        for index in range(10):
+            second = group * 2 + index * 0.1
+            plays = [play(rng.choice(["T1", "T2"]), received_second=second) for _ in range(4)]
+            if sent:
+                earlier = rng.choice(sent)
+                retry = dict(earlier, received_at=EPOCH + dt.timedelta(seconds=second))
+                if index % 3 == 0:
+                    retry["event_id"] = retry["event_id"].upper()
+                if index % 4 == 0:
+                    retry["ms_played"] += 1  # same id, other content: a conflict
+                    conflicts += 1
+                retries += 1
+                plays.append(retry)
+            if index == 5:
+                plays.append(dict(plays[0]))  # a copy inside the same message
+                retries += 1
+            sent += [p for p in plays if p["event_id"].islower()][:4]
+            messages.append(at(second, message(*plays)))
+        stream = stream.add_elements(messages)
+    stream = stream.advance_watermark_to_infinity()
+    one_shard = PipelineConfig(
+        period_seconds=PERIOD,
+        early_firing_seconds=5,
+        late_firing_seconds=0,
+        dedup_shards=1,
+        catalog_dir=tiny_catalog,
+    )
+    with streaming_pipeline() as p:
+        outputs = build(p, stream, Sinks(), one_shard)
+        assert_that(
+            outputs.counters | beam.Map(lambda row: (row["counter"], row["value"])),
+            equal_to_per_window(
+                {
+                    period(0): [
+                        ("events_decoded", len(sent) + retries),
+                        ("events_unique", len(sent)),
+                        ("events_duplicate", retries),
+                        ("events_conflict", conflicts),
+                    ]
                 }
             ),
         )
