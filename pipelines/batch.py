@@ -1,10 +1,14 @@
 """Batch royalties: one period's final ledger, recomputed exactly from the archive.
 
 Reads the archive's hourly Parquet buckets that can hold the period's plays (and, over
-the dedup horizon before it, earlier copies of them), keeps the first received copy of
-every ``event_id`` exactly, counts plays and streams per (track, territory, product)
-column-wise in Arrow, attributes them with the same transform as the streaming
-pipeline, and writes the period's final ledger to
+the dedup horizon before it, earlier copies of them) as Arrow tables, keys every row by
+the value of its ``event_id`` UUID (so ids that differ only in letter case are one
+event), and shuffles the rows into shards by that key, as compressed Arrow IPC. Each
+shard keeps the first received copy of every event exactly (ties broken by message id),
+counts duplicates and conflicts, and counts plays and streams per (track, territory,
+product) column-wise; one table of counts per shard is summed by a combine of Arrow
+tables. The sums are attributed with the same transform as the streaming pipeline, and
+the period's final ledger is written to
 ``<data-dir>/ledger_final/period=<start>/ledger.parquet``, replacing an earlier
 recompute of the same period whole. The streaming ledger stays the provisional one.
 
@@ -28,25 +32,29 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import ReadAllFromParquetBatched
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.transforms.combiners import TupleCombineFn
 
 from ledger.catalog import Catalog
 from ledger.tables import ARCHIVE_DIR, FINAL_LEDGER_DIR, LEDGER_SCHEMA, partition_name
 from pipelines.config import PipelineConfig
 from pipelines.files import write_parquet_atomically
 from pipelines.options import BatchOptions, RoyaltyOptions, options_help
+from pipelines.play_batches import event_keys
 from pipelines.transforms import METRICS_NAMESPACE, AttributeCounts, PlayGroup
 
 __all__ = [
+    "DEFAULT_SHARDS",
     "FINAL_LEDGER_DIR",
     "FirstCopiesInPeriod",
     "Period",
+    "ReadArchiveFiles",
+    "SumCountTables",
     "WriteFinalLedger",
     "archive_files",
     "build",
@@ -69,7 +77,25 @@ _COLUMNS = [
 ]
 # Columns that must agree between two copies of one event_id; received_at and message_id may differ.
 _CONTENT_COLUMNS = ["user_id", "track_id", "played_at", "ms_played", "territory", "product"]
-_SHARD_CHARS = 1  # event ids are UUIDs: the first hex digit spreads them over 16 shards
+# What crosses the shuffle: every column but event_id, which travels as its key.
+_SHUFFLED_COLUMNS = [name for name in _COLUMNS if name != "event_id"]
+_KEY_COLUMN = "event_key"
+_EVENT_KEY = pa.binary(16)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads similar keys over shards
+# LZ4: a third fewer bytes through the shuffle, for less CPU than the runner spends copying them.
+_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
+_GROUP_COLUMNS = ["track_id", "territory", "product"]
+_COUNTS_SCHEMA = pa.schema(
+    [
+        pa.field("track_id", pa.string()),
+        pa.field("territory", pa.string()),
+        pa.field("product", pa.string()),
+        pa.field("plays", pa.int64()),
+        pa.field("streams", pa.int64()),
+    ]
+)
+DEFAULT_SHARDS = 64
+"""Shards of the event-id shuffle: each is de-duplicated alone, so each hash table stays small."""
 
 
 @dataclass(frozen=True)
@@ -120,9 +146,24 @@ def _counter(name: str) -> Any:
     return Metrics.counter(METRICS_NAMESPACE, name)
 
 
+def _event_keys(event_ids: pa.ChunkedArray) -> pa.Array:
+    """Canonical UUID strings → their 16 bytes as a fixed-width column, as the streaming dedup keys them."""
+    keys = event_keys(event_ids)
+    return pa.FixedSizeBinaryArray.from_buffers(_EVENT_KEY, len(keys), [None, pa.py_buffer(keys)])
+
+
+def _shard_numbers(keys: pa.Array, shards: int) -> np.ndarray:
+    """Each key's shard in ``[0, shards)``: equal keys always share one."""
+    halves = np.frombuffer(keys.buffers()[1], np.uint64, len(keys) * 2, keys.offset * 16).reshape(-1, 2)
+    # Both halves: v1 and v7 UUIDs keep their varying bits in different ones.
+    mixed = halves[:, 0] ^ halves[:, 1]
+    mixed *= _GOLDEN
+    return ((mixed >> np.uint64(32)) % np.uint64(shards)).astype(np.uint16)
+
+
 def _to_ipc(table: pa.Table) -> bytes:
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
+    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue())
 
@@ -134,22 +175,34 @@ def _from_ipc(payloads: Iterable[bytes]) -> pa.Table:
 class _ShardFn(beam.DoFn):
     """A table of archived rows → ``(shard, rows of that shard)``, so each shard sees all copies of an id.
 
-    Rows cross the shuffle as Arrow IPC bytes: compact, and cheap to write and read.
+    The string ``event_id`` is replaced by its 16 UUID bytes (``ValueError`` if an id is
+    no canonical UUID: the archive holds validated events only, so that means damage),
+    and rows cross the shuffle as Arrow IPC bytes: compact, and cheap to write and read.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
         self.read = _counter("archived_rows_read")
 
-    def process(self, table: pa.Table) -> Iterator[tuple[str, bytes]]:
-        table = table.select(_COLUMNS)
+    def process(self, table: pa.Table) -> Iterator[tuple[int, bytes]]:
         self.read.inc(table.num_rows)
-        shards = pc.utf8_lower(pc.utf8_slice_codeunits(table["event_id"], 0, _SHARD_CHARS))
-        for shard in pc.unique(shards).to_pylist():
-            yield shard, _to_ipc(table.filter(pc.equal(shards, shard)))
+        if table.num_rows == 0:
+            return
+        keys = _event_keys(table["event_id"])
+        rows = table.select(_SHUFFLED_COLUMNS).append_column(_KEY_COLUMN, keys)
+        shard = _shard_numbers(keys, self.shards)
+        order = np.argsort(shard, kind="stable")
+        ends = np.cumsum(np.bincount(shard, minlength=self.shards))
+        rows = rows.take(order)
+        start = 0
+        for number, end in enumerate(ends.tolist()):
+            if end > start:
+                yield number, _to_ipc(rows.slice(start, end - start))
+            start = end
 
 
-class _FirstCopiesFn(beam.DoFn):
-    """All rows of one shard → the first received copy of each event id, if it falls in the period."""
+class _CountFirstCopiesFn(beam.DoFn):
+    """All rows of one shard → plays and streams per group of the first copies received in the period."""
 
     def __init__(self, period: Period, min_stream_ms: int) -> None:
         self.period = period
@@ -158,94 +211,156 @@ class _FirstCopiesFn(beam.DoFn):
         self.duplicates = _counter("events_duplicate")
         self.conflicts = _counter("events_conflict")
 
-    def process(self, shard_payloads: tuple[str, Iterable[bytes]]) -> Iterator[pa.Table]:
+    def process(self, shard_payloads: tuple[int, Iterable[bytes]]) -> Iterator[pa.Table]:
         _, payloads = shard_payloads
         rows = _from_ipc(payloads)
         if rows.num_rows == 0:
             return
-        # Ids as small integers, so the sort compares numbers, not 36-character strings.
-        id_numbers = pc.dictionary_encode(rows["event_id"]).combine_chunks().indices
-        order = pc.sort_indices(
-            pa.table(
-                {"id": id_numbers, "received_at": rows["received_at"], "message_id": rows["message_id"]}
-            ),
-            sort_keys=[("id", "ascending"), ("received_at", "ascending"), ("message_id", "ascending")],
-        )
-        rows = rows.take(order)
-        ids = id_numbers.take(order)
-        # Sorted by id: a row starts a new id where it differs from the row before it.
-        first = pa.concat_arrays([pa.array([True]), pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))])
-        first_copies = rows.filter(first)
-        if first_copies.num_rows < rows.num_rows:
-            self._count_copies(rows, first)
-        received = first_copies["received_at"]
+        received = rows["received_at"]
         start = pa.scalar(self.period.start, type=received.type)
         end = pa.scalar(self.period.end, type=received.type)
-        in_period = first_copies.filter(pc.and_(pc.greater_equal(received, start), pc.less(received, end)))
-        self.unique.inc(in_period.num_rows)
-        if in_period.num_rows:
-            yield in_period
+        in_period = pc.and_(pc.greater_equal(received, start), pc.less(received, end))
+        counted = self._first_copies(rows) & in_period.fill_null(False).to_numpy()
+        self.unique.inc(int(np.count_nonzero(counted)))
+        yield _count_plays(rows, counted, self.min_stream_ms)
 
-    def _count_copies(self, rows: pa.Table, first: pa.Array) -> None:
-        # Each row's copy number within its id: the first copies are the group heads.
-        group = pc.subtract(pc.cumulative_sum(pc.cast(first, pa.int64())), 1)
-        heads = rows.filter(first)
-        later = pc.invert(first)
-        later_rows = rows.filter(later)
-        later_heads = heads.take(group.filter(later))
-        # A later copy whose content differs from its first is a conflict: counted once
-        # (the first copy counts), never merged.
-        same = pa.array([True] * later_rows.num_rows)
+    def _first_copies(self, rows: pa.Table) -> np.ndarray:
+        """Whether each row is the first received copy of its event id (ties broken by message id)."""
+        # Keys as small integers by hashing: most ids have one copy and need no sort at all.
+        id_numbers = pc.dictionary_encode(rows[_KEY_COLUMN].combine_chunks()).indices.to_numpy()
+        first = np.bincount(id_numbers)[id_numbers] == 1
+        repeated = np.flatnonzero(~first)
+        if len(repeated) == 0:
+            return first
+        ids = id_numbers[repeated]
+        copies = rows.take(repeated)
+        order = pc.sort_indices(
+            pa.table({"id": ids, "received_at": copies["received_at"], "message_id": copies["message_id"]}),
+            sort_keys=[("id", "ascending"), ("received_at", "ascending"), ("message_id", "ascending")],
+        ).to_numpy()
+        copies = copies.take(order)
+        ids = ids[order]
+        # Sorted by id: a row starts a new id where it differs from the row before it.
+        head = np.empty(len(ids), dtype=bool)
+        head[0] = True
+        np.not_equal(ids[1:], ids[:-1], out=head[1:])
+        first[repeated[order[head]]] = True
+        self._count_later_copies(copies, head)
+        return first
+
+    def _count_later_copies(self, copies: pa.Table, head: np.ndarray) -> None:
+        """Copies sorted by id, first copy first → duplicates, and conflicts among them."""
+        later = ~head
+        later_copies = copies.filter(pa.array(later))
+        # Each later copy against its id's first copy: a difference in content is a
+        # conflict, counted once (the first copy counts), never merged.
+        their_heads = copies.take(np.flatnonzero(head)[np.cumsum(head)[later] - 1])
+        same = pa.array(np.ones(later_copies.num_rows, dtype=bool))
         for column in _CONTENT_COLUMNS:
-            same = pc.and_(same, pc.equal(later_rows[column], later_heads[column]))
-        self.duplicates.inc(later_rows.num_rows)
-        self.conflicts.inc(later_rows.num_rows - pc.sum(same).as_py())
+            same = pc.and_(same, pc.equal(later_copies[column], their_heads[column]))
+        self.duplicates.inc(later_copies.num_rows)
+        self.conflicts.inc(later_copies.num_rows - pc.sum(same).as_py())
 
 
-class _CountGroupsFn(beam.DoFn):
-    """First copies → ``((track_id, territory, product), (plays, streams))`` counted column-wise."""
+def _count_plays(rows: pa.Table, counted: np.ndarray, min_stream_ms: int) -> pa.Table:
+    """Plays and streams per (track_id, territory, product) among the rows marked ``counted``."""
+    is_stream = pc.greater_equal(rows["ms_played"], min_stream_ms).fill_null(False).to_numpy()
+    summed = (
+        rows.select(_GROUP_COLUMNS)
+        .append_column("plays", pa.array(counted.astype(np.int64)))
+        .append_column("streams", pa.array((counted & is_stream).astype(np.int64)))
+        .group_by(_GROUP_COLUMNS)
+        .aggregate([("plays", "sum"), ("streams", "sum")])
+    )
+    counts = pa.table(
+        [*(summed[name] for name in _GROUP_COLUMNS), summed["plays_sum"], summed["streams_sum"]],
+        schema=_COUNTS_SCHEMA,
+    )
+    return counts.filter(pc.greater(counts["plays"], 0))
 
-    def __init__(self, min_stream_ms: int) -> None:
-        self.min_stream_ms = min_stream_ms
 
-    def process(self, plays: pa.Table) -> Iterator[tuple[PlayGroup, tuple[int, int]]]:
-        is_stream = pc.cast(pc.greater_equal(plays["ms_played"], self.min_stream_ms), pa.int64())
-        counted = (
-            plays.select(["track_id", "territory", "product"])
-            .append_column("is_stream", is_stream)
-            .group_by(["track_id", "territory", "product"])
-            .aggregate([("is_stream", "count"), ("is_stream", "sum")])
-        )
-        for row in counted.to_pylist():
-            yield (
-                (row["track_id"], row["territory"], row["product"]),
-                (row["is_stream_count"], row["is_stream_sum"]),
-            )
+class SumCountTables(beam.CombineFn):
+    """Tables of ``plays`` and ``streams`` per group → one table of their sums per group.
+
+    One element per shard instead of one per group: the sums are Arrow group-bys.
+    """
+
+    def create_accumulator(self) -> list[pa.Table]:
+        return []
+
+    def add_input(self, accumulator: list[pa.Table], counts: pa.Table) -> list[pa.Table]:
+        accumulator.append(counts)
+        return accumulator
+
+    def merge_accumulators(self, accumulators: Iterable[list[pa.Table]]) -> list[pa.Table]:
+        tables = [table for accumulator in accumulators for table in accumulator]
+        return [_sum_counts(tables)] if tables else []
+
+    def compact(self, accumulator: list[pa.Table]) -> list[pa.Table]:
+        return [_sum_counts(accumulator)] if len(accumulator) > 1 else accumulator
+
+    def extract_output(self, accumulator: list[pa.Table]) -> pa.Table:
+        return _sum_counts(accumulator)
+
+
+def _sum_counts(tables: Sequence[pa.Table]) -> pa.Table:
+    if not tables:
+        return _COUNTS_SCHEMA.empty_table()
+    summed = (
+        pa.concat_tables(tables).group_by(_GROUP_COLUMNS).aggregate([("plays", "sum"), ("streams", "sum")])
+    )
+    return pa.table(
+        [*(summed[name] for name in _GROUP_COLUMNS), summed["plays_sum"], summed["streams_sum"]],
+        schema=_COUNTS_SCHEMA,
+    )
+
+
+def _play_groups(counts: pa.Table) -> Iterator[tuple[PlayGroup, tuple[int, int]]]:
+    columns = [counts[name].to_pylist() for name in _COUNTS_SCHEMA.names]
+    for track_id, territory, product, plays, streams in zip(*columns, strict=True):
+        yield (track_id, territory, product), (plays, streams)
 
 
 class FirstCopiesInPeriod(beam.PTransform):
     """Archived row tables → plays counted per group, each event id counted once, exactly.
 
-    The first received copy of an ``event_id`` counts (ties broken by message id), and
-    only if it was received in ``period``; later copies are duplicates, and a later copy
-    with different content is also a conflict.
+    The first received copy of an ``event_id`` counts (ids that differ only in letter
+    case are one event; ties broken by message id), and only if it was received in
+    ``period``; later copies are duplicates, and a later copy with different content is
+    also a conflict. Rows are shuffled into ``shards`` by event id; the counts of every
+    shard are summed into ``((track_id, territory, product), (plays, streams))``.
     """
 
-    def __init__(self, period: Period, min_stream_ms: int) -> None:
+    def __init__(self, period: Period, min_stream_ms: int, shards: int = DEFAULT_SHARDS) -> None:
         super().__init__()
         if min_stream_ms < 0:
             raise ValueError("min_stream_ms must not be negative")
+        if not 1 <= shards <= 65_536:
+            raise ValueError("shards must be between 1 and 65,536")
         self.period = period
         self.min_stream_ms = min_stream_ms
+        self.shards = shards
 
     def expand(self, tables: beam.PCollection) -> beam.PCollection:
         return (
             tables
-            | "ShardByEventId" >> beam.ParDo(_ShardFn())
+            | "ShardByEventId" >> beam.ParDo(_ShardFn(self.shards))
             | "GatherShard" >> beam.GroupByKey()
-            | "FirstCopies" >> beam.ParDo(_FirstCopiesFn(self.period, self.min_stream_ms))
-            | "CountPerGroup" >> beam.ParDo(_CountGroupsFn(self.min_stream_ms))
-            | "SumGroups" >> beam.CombinePerKey(TupleCombineFn(sum, sum))
+            | "CountFirstCopies" >> beam.ParDo(_CountFirstCopiesFn(self.period, self.min_stream_ms))
+            | "SumCounts" >> beam.CombineGlobally(SumCountTables()).without_defaults()
+            | "PerGroup" >> beam.FlatMap(_play_groups)
+        )
+
+
+def _tables_by_period(rows: Sequence[dict[str, Any]]) -> Iterator[tuple[str, bytes]]:
+    """A batch of ledger rows → ``(period partition, its rows as Arrow IPC)`` per period among them."""
+    by_start: dict[dt.datetime, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_start.setdefault(row["period_start"], []).append(row)
+    for start, period_rows in by_start.items():
+        yield (
+            partition_name("period", start),
+            _to_ipc(pa.Table.from_pylist(period_rows, schema=LEDGER_SCHEMA)),
         )
 
 
@@ -255,31 +370,41 @@ class _WritePeriodFn(beam.DoFn):
         self.temp_dir = temp_dir
         self.rows = _counter("ledger_final_rows_written")
 
-    def process(self, period_rows: tuple[str, Iterable[dict[str, Any]]]) -> Iterator[str]:
-        partition, rows = period_rows
-        ordered = sorted(
-            rows, key=lambda r: (r["rights_holder_id"], r["track_id"], r["territory"], r["product"])
+    def process(self, period_tables: tuple[str, Iterable[bytes]]) -> Iterator[str]:
+        partition, payloads = period_tables
+        ordered = _from_ipc(payloads).sort_by(
+            [(name, "ascending") for name in ("rights_holder_id", "track_id", "territory", "product")]
         )
         # One file per period under a fixed name: a recompute replaces it whole, atomically.
         path = write_parquet_atomically(
-            ordered, LEDGER_SCHEMA, f"{self.table_dir}/{partition}", self.temp_dir, "ledger"
+            ordered.to_pylist(), LEDGER_SCHEMA, f"{self.table_dir}/{partition}", self.temp_dir, "ledger"
         )
-        self.rows.inc(len(ordered))
+        self.rows.inc(ordered.num_rows)
         yield path
 
 
 class WriteFinalLedger(beam.PTransform):
-    """A period's ledger rows → ``<table_dir>/period=<start>/ledger.parquet``, replaced whole."""
+    """A period's ledger rows → ``<table_dir>/period=<start>/ledger.parquet``, replaced whole.
 
-    def __init__(self, table_dir: str, temp_dir: str) -> None:
+    Rows travel to the writer in Arrow tables of up to ``max_batch_rows``, not one by one.
+    """
+
+    def __init__(self, table_dir: str, temp_dir: str, max_batch_rows: int = 50_000) -> None:
         super().__init__()
+        if max_batch_rows < 1:
+            raise ValueError("max_batch_rows must be at least 1")
         self.table_dir = table_dir.rstrip("/")
         self.temp_dir = temp_dir.rstrip("/")
+        self.max_batch_rows = max_batch_rows
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         return (
             rows
-            | "KeyByPeriod" >> beam.Map(lambda row: (partition_name("period", row["period_start"]), row))
+            | "Batch"
+            >> beam.BatchElements(
+                min_batch_size=min(1_000, self.max_batch_rows), max_batch_size=self.max_batch_rows
+            )
+            | "TablePerPeriod" >> beam.FlatMap(_tables_by_period)
             | "GatherPeriod" >> beam.GroupByKey()
             | "WriteFile" >> beam.ParDo(_WritePeriodFn(self.table_dir, self.temp_dir))
         )

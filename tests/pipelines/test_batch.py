@@ -23,7 +23,14 @@ from sample_plays import EPOCH, message, play
 from ledger.catalog import DEFAULT_CATALOG_DIR, Catalog
 from ledger.tables import partition_name
 from ledger.views import open_ledger, run_sql
-from pipelines.batch import FINAL_LEDGER_DIR, Period, ReadArchiveFiles, WriteFinalLedger, archive_files, build
+from pipelines.batch import (
+    FINAL_LEDGER_DIR,
+    Period,
+    ReadArchiveFiles,
+    WriteFinalLedger,
+    archive_files,
+    build,
+)
 from pipelines.config import PipelineConfig
 from pipelines.streaming import build as build_streaming
 from pipelines.streaming import parquet_sinks
@@ -91,6 +98,36 @@ def test_first_copies_conflicts_and_period_bounds(tmp_path: Path) -> None:
     rows = run_sql(open_ledger(tmp_path), "SELECT sum(plays), sum(streams), count(*) FROM ledger_final").rows
     holders = len(catalog.splits_for(track) or ())
     assert rows == [(holders, holders, holders)]
+
+
+def test_ids_that_differ_only_in_letter_case_are_one_event(tmp_path: Path) -> None:
+    catalog = Catalog.load(DEFAULT_CATALOG_DIR)
+    track = sorted(catalog.track_ids)[0]
+    lower = play(track, received_second=10, event_id="0b0f8f3e-6f1a-4f43-9a53-3f1f0d1f9a01")
+    lower_retry = dict(
+        lower, event_id=lower["event_id"].upper(), received_at=EPOCH + dt.timedelta(seconds=20)
+    )
+    # Upper case first, then a lower-case copy with other content: the first counts, the other conflicts.
+    upper = play(track, received_second=15, ms_played=5_000, event_id="0B0F8F3E-6F1A-4F43-9A53-3F1F0D1F9AFF")
+    upper_conflict = dict(
+        upper,
+        event_id=upper["event_id"].lower(),
+        received_at=EPOCH + dt.timedelta(seconds=25),
+        ms_played=90_000,
+    )
+    mixed = play(track, received_second=30, event_id="0b0F8f3E-6f1A-4f43-9A53-3f1F0d1F9a02")
+    mixed_retry = dict(
+        mixed, event_id=mixed["event_id"].swapcase(), received_at=EPOCH + dt.timedelta(seconds=40)
+    )
+    write_archive(tmp_path, [lower, lower_retry, upper, upper_conflict, mixed, mixed_retry])
+    config = PipelineConfig(period_seconds=PERIOD_SECONDS, early_firing_seconds=5)
+    totals = recompute(tmp_path, config, Period(EPOCH, EPOCH + dt.timedelta(seconds=PERIOD_SECONDS)))
+    assert totals["events_unique"] == 3
+    assert totals["events_duplicate"] == 3
+    assert totals["events_conflict"] == 1
+    holders = len(catalog.splits_for(track) or ())
+    rows = run_sql(open_ledger(tmp_path), "SELECT sum(plays), sum(streams) FROM ledger_final").rows
+    assert rows == [(3 * holders, 2 * holders)]  # the upper-case first copy was short: no stream
 
 
 def test_period_must_start_a_period() -> None:
