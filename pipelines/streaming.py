@@ -128,7 +128,7 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
     messages = p | "ReadPlays" >> source
     decoded = messages | "DecodePlays" >> DecodePlayMessages(config.period_seconds)
     deduped = decoded[DecodeOutput.EVENTS.value] | "DedupByEventId" >> DedupByEventId(
-        config.dedup_horizon_hours, config.dedup_shards
+        config.dedup_horizon_hours * 3600, config.dedup_shards
     )
     catalog_view = beam.pvalue.AsSingleton(p | "LoadCatalog" >> beam.Create([catalog]))
     ledger_rows = deduped[DedupOutput.UNIQUE.value] | "AggregateLedger" >> AggregateLedger(

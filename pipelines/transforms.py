@@ -348,7 +348,7 @@ def _remember(
 
 
 class DedupByEventId(beam.PTransform):
-    """Keep the first copy of each ``event_id`` seen within ``dedup_horizon_hours``.
+    """Keep the first copy of each ``event_id`` seen within ``dedup_horizon_seconds``.
 
     Batches of plays → the batches' first copies (``DedupOutput.UNIQUE``), the later
     copies (``DedupOutput.DUPLICATES``) and a dead letter per later copy whose content
@@ -356,17 +356,17 @@ class DedupByEventId(beam.PTransform):
     ``DeduplicatePerKey`` (state plus an event-time timer, in the global window, so a
     retry that crosses a period boundary is still caught), but keyed by a hash of the
     id into ``shards`` and checked a batch at a time: an id is remembered at least
-    ``dedup_horizon_hours`` after its first copy was received, and forgotten by the next
-    whole minute once the watermark has passed that.
+    ``dedup_horizon_seconds`` after its first copy was received, and forgotten by the
+    next whole minute once the watermark has passed that.
     """
 
-    def __init__(self, dedup_horizon_hours: int, shards: int) -> None:
+    def __init__(self, dedup_horizon_seconds: int, shards: int) -> None:
         super().__init__()
-        if dedup_horizon_hours <= 0:
-            raise ValueError("dedup_horizon_hours must be positive")
+        if dedup_horizon_seconds <= 0:
+            raise ValueError("dedup_horizon_seconds must be positive")
         if shards <= 0:
             raise ValueError("shards must be positive")
-        self.horizon_seconds = dedup_horizon_hours * 3600
+        self.horizon_seconds = dedup_horizon_seconds
         self.shards = shards
 
     def expand(self, events: beam.PCollection) -> pvalue.DoOutputsTuple:
