@@ -131,7 +131,7 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
         config.dedup_horizon_hours * 3600, config.dedup_shards
     )
     catalog_view = beam.pvalue.AsSingleton(p | "LoadCatalog" >> beam.Create([catalog]))
-    ledger_rows = deduped[DedupOutput.UNIQUE.value] | "AggregateLedger" >> AggregateLedger(
+    ledger_rows, outcomes = deduped[DedupOutput.UNIQUE.value] | "AggregateLedger" >> AggregateLedger(
         catalog_view,
         config.period_seconds,
         config.early_firing_seconds,
@@ -156,6 +156,8 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
         "unique": deduped[DedupOutput.UNIQUE.value],
         "duplicate": deduped[DedupOutput.DUPLICATES.value],
         "conflict": deduped[DedupOutput.CONFLICTS.value],
+        "outcomes": outcomes,
+        "written": ledger_rows,
     }
     counter_rows = counted | "CountBranches" >> CountBranches(
         {
@@ -164,6 +166,8 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
             "unique": _rows("events_unique"),
             "duplicate": _rows("events_duplicate"),
             "conflict": _one("events_conflict"),
+            "outcomes": _as_is,
+            "written": _one("ledger_rows_written"),
         },
         config.period_seconds,
         config.early_firing_seconds,
@@ -180,16 +184,20 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
 
 
 def _rows(counter: str) -> Any:
-    return lambda batch: (counter, batch.num_rows)
+    return lambda batch: [(counter, batch.num_rows)]
 
 
 def _one(counter: str) -> Any:
-    return lambda _element: (counter, 1)
+    return lambda _element: [(counter, 1)]
 
 
-def _dead_letter_counter(row: dict[str, Any]) -> tuple[str, int]:
+def _as_is(named_count: tuple[str, int]) -> list[tuple[str, int]]:
+    return [named_count]
+
+
+def _dead_letter_counter(row: dict[str, Any]) -> list[tuple[str, int]]:
     # Undecodable messages and invalid events: one counter per stage that refused them.
-    return ("messages_undecodable" if row["stage"] == "decode" else "events_invalid", 1)
+    return [("messages_undecodable" if row["stage"] == "decode" else "events_invalid", 1)]
 
 
 def run(argv: Sequence[str] | None = None) -> int:

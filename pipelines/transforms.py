@@ -638,6 +638,9 @@ class AggregateLedger(beam.PTransform):
     """Unique plays → ledger delta rows per period (fixed windows of ``received_at``).
 
     Panes discard what they emitted, so each row is a delta and balances are sums.
+    Returns ``(ledger_rows, outcomes)``: the rows, and ``(counter, count)`` pairs per pane
+    for ``CountBranches``: plays that qualified as streams, plays of tracks the catalog
+    lacks (``UNMATCHED``), and plays that arrived after their period closed (late).
     """
 
     def __init__(
@@ -661,8 +664,8 @@ class AggregateLedger(beam.PTransform):
         self.min_stream_ms = min_stream_ms
         self.late_firing_seconds = late_firing_seconds
 
-    def expand(self, events: beam.PCollection) -> beam.PCollection:
-        return (
+    def expand(self, events: beam.PCollection) -> tuple[beam.PCollection, beam.PCollection]:
+        counts = (
             events
             | "WindowByPeriod"
             >> append_window(
@@ -672,8 +675,31 @@ class AggregateLedger(beam.PTransform):
                 self.late_firing_seconds,
             )
             | "CountPlays" >> CountPlays(self.min_stream_ms)
-            | "AttributeCounts" >> AttributeCounts(self.catalog)
         )
+        ledger_rows = counts | "AttributeCounts" >> AttributeCounts(self.catalog)
+        outcomes = counts | "CountOutcomes" >> beam.ParDo(_OutcomeCountsFn(), self.catalog)
+        return ledger_rows, outcomes
+
+
+class _OutcomeCountsFn(beam.DoFn):
+    """A pane's plays of one group → ``(counter, count)``: qualified, unmatched, late."""
+
+    def process(
+        self,
+        group_counts: tuple[PlayGroup, tuple[int, int]],
+        catalog: Catalog,
+        pane: Any = beam.DoFn.PaneInfoParam,
+    ) -> Iterator[tuple[str, int]]:
+        (track_id, territory, product), (plays, streams) = group_counts
+        if streams:
+            yield "plays_qualified", streams
+        if (
+            plays
+            and attribute_play(catalog, track_id, territory, product, True)[0].rights_holder_id == UNMATCHED
+        ):
+            yield "plays_unmatched", plays
+        if plays and pane.timing == beam.utils.windowed_value.PaneInfoTiming.LATE:
+            yield "plays_late", plays
 
 
 class _ToCounterRowFn(beam.DoFn):
@@ -699,11 +725,11 @@ class _ToCounterRowFn(beam.DoFn):
 class CountBranches(beam.PTransform):
     """Named branches of the pipeline → counter rows per period (deltas, like the ledger).
 
-    Each branch has a function from an element to ``(counter, count)``: a batch of plays
-    counts its rows, a dead letter counts one under its stage's counter. An element
-    counts in the period of its timestamp (a batch's ``received_at``; an undecodable
-    message's publish time), so reconciliation can balance a period:
-    ``decoded = unique + duplicate``, and so on.
+    Each branch has a function from an element to its ``(counter, count)`` pairs: a batch
+    of plays counts its rows, a dead letter counts one under its stage's counter. An
+    element counts in the period of its timestamp (a batch's ``received_at``; an
+    undecodable message's publish time; a pane's end), so reconciliation can balance a
+    period: ``decoded = unique + duplicate``, and so on.
     """
 
     def __init__(
@@ -729,7 +755,7 @@ class CountBranches(beam.PTransform):
         keyed = []
         for name, pcoll in pcolls.items():
             namer = self.branches[name]
-            keyed.append(pcoll | f"Name{name}" >> beam.Map(namer))
+            keyed.append(pcoll | f"Name{name}" >> beam.FlatMap(namer))
         return (
             keyed
             | "AllBranches" >> beam.Flatten()

@@ -105,6 +105,22 @@ def test_duplicate_in_a_later_period_is_dropped_and_late_play_is_a_delta(tiny_ca
             equal_to([first["event_id"]]),
             label="Duplicates",
         )
+        assert_that(
+            outputs.counters
+            | beam.Filter(lambda row: row["counter"].startswith("plays_"))
+            | beam.Map(lambda row: (row["counter"], row["value"], row["pane_timing"])),
+            equal_to_per_window(
+                {
+                    period(0): [
+                        ("plays_qualified", 1, "ON_TIME"),
+                        ("plays_qualified", 1, "LATE"),
+                        ("plays_late", 1, "LATE"),
+                    ],
+                    period(1): [],  # the T2 play was too short to qualify
+                }
+            ),
+            label="Outcomes",
+        )
 
 
 def test_unknown_track_goes_to_suspense(tiny_catalog: Path) -> None:
@@ -115,6 +131,20 @@ def test_unknown_track_goes_to_suspense(tiny_catalog: Path) -> None:
         assert_that(
             outputs.ledger_rows | beam.Map(summary),
             equal_to([("UNMATCHED", "NOT-IN-CATALOG", 1, 1, 1000, "ON_TIME")]),
+            label="Suspense",
+        )
+        assert_that(
+            outputs.counters | beam.Map(lambda row: (row["counter"], row["value"])),
+            equal_to(
+                [
+                    ("events_decoded", 1),
+                    ("events_unique", 1),
+                    ("plays_qualified", 1),
+                    ("plays_unmatched", 1),
+                    ("ledger_rows_written", 1),
+                ]
+            ),
+            label="CountedUnmatched",
         )
 
 
@@ -183,7 +213,13 @@ def test_ledger_and_dead_letters_land_as_parquet(tiny_catalog: Path, tmp_path: P
     counters = run_sql(
         open_ledger(data_dir), "SELECT counter, sum(value) FROM counters GROUP BY ALL ORDER BY ALL"
     ).rows
-    assert counters == [("events_decoded", 4), ("events_unique", 4), ("messages_undecodable", 1)]
+    assert counters == [
+        ("events_decoded", 4),
+        ("events_unique", 4),
+        ("ledger_rows_written", 3),  # T1 has two rights holders, T2 one
+        ("messages_undecodable", 1),
+        ("plays_qualified", 4),
+    ]
 
 
 def test_dedup_state_expires_after_the_horizon(tiny_catalog: Path) -> None:
@@ -274,12 +310,19 @@ def test_counters_balance_per_period(tiny_catalog: Path) -> None:
             outputs.counters | beam.Map(lambda row: (row["counter"], row["value"])),
             equal_to_per_window(
                 {
-                    period(0): [("events_decoded", 1), ("events_unique", 1)],
+                    period(0): [
+                        ("events_decoded", 1),
+                        ("events_unique", 1),
+                        ("plays_qualified", 1),
+                        ("ledger_rows_written", 2),
+                    ],
                     period(1): [
                         ("events_decoded", 2),
                         ("events_unique", 1),
                         ("events_duplicate", 1),
                         ("events_invalid", 1),
+                        ("plays_qualified", 1),
+                        ("ledger_rows_written", 1),
                     ],
                 }
             ),
@@ -332,6 +375,8 @@ def test_dedup_remembers_across_many_batches_and_both_letter_cases(tiny_catalog:
                         ("events_unique", len(sent)),
                         ("events_duplicate", retries),
                         ("events_conflict", conflicts),
+                        ("plays_qualified", len(sent)),
+                        ("ledger_rows_written", 3),  # T1 (2 holders) and T2 (1), both SE premium
                     ]
                 }
             ),
