@@ -11,6 +11,11 @@ Two measurements in one run, against the same Pub/Sub (the emulator named by
    ``--connections`` keep-alive connections, each posting a batch and waiting for the
    200 before posting the next.
 
+Both processes tune the garbage collector the same way once started
+(``tune_garbage_collector``), so the ceiling is the same work under the same process
+settings, minus HTTP, JSON parsing, authentication, rate limiting, the receipt journal
+and the metrics.
+
 The phases alternate for ``--rounds`` rounds (the gateway keeps running), so a
 neighbour's load or the emulator's JIT warming up weighs on both alike; each phase
 warms up before it is measured, for ``--seconds`` in all. It prints events/s, p50/p99
@@ -51,7 +56,7 @@ import google.cloud.pubsub_v1 as pubsub_v1
 import orjson
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from ingest.gateway import EVENTS_PATH, validate_batch
+from ingest.gateway import EVENTS_PATH, tune_garbage_collector, validate_batch
 from ingest.publisher import EventPublisher
 from ingest.pubsub import PubSubNames, emulator_from_env_or_started, free_port
 from schemas.codec import encode_batch
@@ -317,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seconds <= 0 or args.warmup_seconds < 0:
         _parser().error("--seconds must be positive and --warmup-seconds not negative")
     batches = _batches(args.distinct_batches, args.batch_events)
+    # The gateway tunes its collector once started: the ceiling's process gets the same.
+    tune_garbage_collector()
     with (
         emulator_from_env_or_started() as emulator_host,
         tempfile.TemporaryDirectory(prefix="bench-") as temp,

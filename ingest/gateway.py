@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import math
 import signal
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,8 +44,6 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from limits import RateLimitItem
-from limits.storage import MemoryStorage
-from limits.strategies import MovingWindowRateLimiter
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from ingest.journal import JournalError, ReceiptJournal
@@ -69,6 +69,7 @@ __all__ = [
     "api_key_store",
     "create_app",
     "serve",
+    "tune_garbage_collector",
     "validate_batch",
 ]
 
@@ -89,18 +90,35 @@ class GatewayStartError(RuntimeError):
 
 
 class _RateLimiter:
-    """Per-API-key request limits over a moving window (the ``limits`` library, in memory)."""
+    """Per-API-key request limits over a moving window, counted in memory on the event loop.
 
-    def __init__(self, items: list[RateLimitItem]) -> None:
-        self._items = items
-        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+    The rule of ``limits``' moving window: a request is allowed if fewer than ``amount``
+    requests of the key were allowed in the last ``expiry`` seconds, for every limit. It is
+    kept here as a deque of allowed request times per key and limit, expired as it is read,
+    because ``limits``' in-memory storage starts a timer thread every 10 ms to expire
+    entries: on a loaded gateway those threads cost more than the rest of the check. A
+    refused request counts against no window.
+    """
+
+    def __init__(self, items: list[RateLimitItem], clock: Callable[[], float] = time.monotonic) -> None:
+        self._windows = [(item.amount, float(item.get_expiry())) for item in items]
+        self._clock = clock
+        self._allowed: dict[str, list[deque[float]]] = {}
 
     def retry_after_seconds(self, key_id: str) -> int | None:
         """Count one request for ``key_id``; ``None`` if allowed, else seconds until it would be."""
-        for item in self._items:
-            if not self._limiter.hit(item, key_id):
-                reset_time = self._limiter.get_window_stats(item, key_id).reset_time
-                return max(1, math.ceil(reset_time - time.time()))
+        now = self._clock()
+        allowed = self._allowed.get(key_id)
+        if allowed is None:
+            allowed = self._allowed[key_id] = [deque() for _ in self._windows]
+        for (amount, seconds), times in zip(self._windows, allowed, strict=True):
+            horizon = now - seconds
+            while times and times[0] <= horizon:
+                times.popleft()
+            if len(times) >= amount:
+                return max(1, math.ceil(times[-amount] + seconds - now))
+        for times in allowed:
+            times.append(now)
         return None
 
 
@@ -457,7 +475,8 @@ def serve(settings: GatewaySettings, on_ready: Callable[[int], None] | None = No
 
     ``on_ready`` is called with the port actually bound (useful with ``port=0``) once the
     gateway accepts requests. Raises ``GatewayStartError`` if it cannot start. Runs on
-    uvloop when it is installed. Must be called from the main thread.
+    uvloop when it is installed, and calls ``tune_garbage_collector`` once listening.
+    Must be called from the main thread.
     """
     loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
     with contextlib.suppress(ImportError):
@@ -466,6 +485,21 @@ def serve(settings: GatewaySettings, on_ready: Callable[[int], None] | None = No
         loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(_serve(settings, on_ready))
+
+
+def tune_garbage_collector() -> None:
+    """Keep the cyclic garbage collector's pauses off the requests of a long-running process.
+
+    Everything allocated by the time this is called (modules, the app, the Pub/Sub client)
+    lives as long as the process: frozen, it is no longer walked by every full collection,
+    which on a loaded gateway paused the event loop for tens of milliseconds. Requests
+    allocate thousands of containers that reference counting frees, so collecting young
+    objects every 10,000 net allocations instead of 700 costs little memory and much less
+    time. Call it once, after start-up and before serving.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 10, 10)
 
 
 def _make_publisher(settings: GatewaySettings) -> EventPublisher:
@@ -505,6 +539,7 @@ async def _serve(settings: GatewaySettings, on_ready: Callable[[int], None] | No
         try:
             port = await _listen(runner, settings)
             listening = True
+            tune_garbage_collector()
             loop.add_signal_handler(signal.SIGINT, stop.set)
             loop.add_signal_handler(signal.SIGTERM, stop.set)
             loop.add_signal_handler(signal.SIGHUP, api_key_store(app).reload, "SIGHUP")
