@@ -46,7 +46,7 @@ from pipelines.config import PipelineConfig
 from pipelines.files import write_parquet_atomically
 from pipelines.options import BatchOptions, RoyaltyOptions, options_help
 from pipelines.play_batches import event_keys
-from pipelines.transforms import METRICS_NAMESPACE, AttributeCounts, PlayGroup
+from pipelines.transforms import METRICS_NAMESPACE, AttributeCounts, PlayCounts
 
 __all__ = [
     "DEFAULT_SHARDS",
@@ -315,10 +315,12 @@ def _sum_counts(tables: Sequence[pa.Table]) -> pa.Table:
     )
 
 
-def _play_groups(counts: pa.Table) -> Iterator[tuple[PlayGroup, tuple[int, int]]]:
+def _play_counts(counts: pa.Table) -> PlayCounts:
     columns = [counts[name].to_pylist() for name in _COUNTS_SCHEMA.names]
-    for track_id, territory, product, plays, streams in zip(*columns, strict=True):
-        yield (track_id, territory, product), (plays, streams)
+    return {
+        (track_id, territory, product): (plays, streams)
+        for track_id, territory, product, plays, streams in zip(*columns, strict=True)
+    }
 
 
 class FirstCopiesInPeriod(beam.PTransform):
@@ -328,7 +330,7 @@ class FirstCopiesInPeriod(beam.PTransform):
     case are one event; ties broken by message id), and only if it was received in
     ``period``; later copies are duplicates, and a later copy with different content is
     also a conflict. Rows are shuffled into ``shards`` by event id; the counts of every
-    shard are summed into ``((track_id, territory, product), (plays, streams))``.
+    shard are summed into one ``PlayCounts``: ``(plays, streams)`` per (track_id, territory, product).
     """
 
     def __init__(self, period: Period, min_stream_ms: int, shards: int = DEFAULT_SHARDS) -> None:
@@ -348,12 +350,12 @@ class FirstCopiesInPeriod(beam.PTransform):
             | "GatherShard" >> beam.GroupByKey()
             | "CountFirstCopies" >> beam.ParDo(_CountFirstCopiesFn(self.period, self.min_stream_ms))
             | "SumCounts" >> beam.CombineGlobally(SumCountTables()).without_defaults()
-            | "PerGroup" >> beam.FlatMap(_play_groups)
+            | "AsPlayCounts" >> beam.Map(_play_counts)
         )
 
 
 def _tables_by_period(rows: Sequence[dict[str, Any]]) -> Iterator[tuple[str, bytes]]:
-    """A batch of ledger rows → ``(period partition, its rows as Arrow IPC)`` per period among them."""
+    """A list of ledger rows → ``(period partition, its rows as Arrow IPC)`` per period among them."""
     by_start: dict[dt.datetime, list[dict[str, Any]]] = {}
     for row in rows:
         by_start.setdefault(row["period_start"], []).append(row)
@@ -386,24 +388,18 @@ class _WritePeriodFn(beam.DoFn):
 class WriteFinalLedger(beam.PTransform):
     """A period's ledger rows → ``<table_dir>/period=<start>/ledger.parquet``, replaced whole.
 
-    Rows travel to the writer in Arrow tables of up to ``max_batch_rows``, not one by one.
+    Elements are lists of rows (``AttributeCounts`` gives one per pane); they travel to
+    the writer as Arrow tables, not row by row.
     """
 
-    def __init__(self, table_dir: str, temp_dir: str, max_batch_rows: int = 50_000) -> None:
+    def __init__(self, table_dir: str, temp_dir: str) -> None:
         super().__init__()
-        if max_batch_rows < 1:
-            raise ValueError("max_batch_rows must be at least 1")
         self.table_dir = table_dir.rstrip("/")
         self.temp_dir = temp_dir.rstrip("/")
-        self.max_batch_rows = max_batch_rows
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         return (
             rows
-            | "Batch"
-            >> beam.BatchElements(
-                min_batch_size=min(1_000, self.max_batch_rows), max_batch_size=self.max_batch_rows
-            )
             | "TablePerPeriod" >> beam.FlatMap(_tables_by_period)
             | "GatherPeriod" >> beam.GroupByKey()
             | "WriteFile" >> beam.ParDo(_WritePeriodFn(self.table_dir, self.temp_dir))

@@ -9,9 +9,10 @@ drops the cached state when a bundle brings a different container; the drain log
 ``playledger up`` and the demo depend on counters that keep counting.
 
 The direct runner also inspects every method signature of a DoFn at the start of every
-bundle, to find its state and timers (``get_dofn_specs``): a few milliseconds per step
-and bundle, more than a whole batch of plays costs to process. ``mend_direct_runner``
-adds a cache of those specs per DoFn class on top of the metrics mend.
+bundle, to find its state and timers (``get_dofn_specs``) and its arguments
+(``get_function_arguments``): a few milliseconds per step and bundle, more than a whole
+batch of plays costs to process. ``mend_direct_runner`` adds a cache of both per DoFn
+class on top of the metrics mend.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 from apache_beam.runners.direct import transform_evaluator
 from apache_beam.runners.worker import statesampler
-from apache_beam.transforms import userstate
+from apache_beam.transforms import core, userstate
 from apache_beam.utils.counters import CounterName
 
 __all__ = ["DIRECT_RUNNERS", "mend_direct_runner", "mend_direct_runner_metrics"]
@@ -71,8 +72,26 @@ def _get_dofn_specs(dofn: Any) -> tuple[set[Any], set[Any]]:
     return set(cached[0]), set(cached[1])
 
 
+_ORIGINAL_GET_FUNCTION_ARGUMENTS = core.get_function_arguments
+_ARGUMENTS_BY_CLASS: dict[tuple[type, str], tuple[list[str], list[Any]]] = {}
+
+
+def _get_function_arguments(obj: Any, func: str) -> tuple[list[str], list[Any]]:
+    # A method defined by the class has the same signature on every instance; a wrapped
+    # callable (``_inspect_<func>``, or a method set on the instance) is asked every time.
+    if hasattr(obj, f"_inspect_{func}") or func in vars(obj):
+        args, defaults = _ORIGINAL_GET_FUNCTION_ARGUMENTS(obj, func)
+        return args, defaults
+    key = (type(obj), func)
+    cached = _ARGUMENTS_BY_CLASS.get(key)
+    if cached is None:
+        cached = _ARGUMENTS_BY_CLASS[key] = _ORIGINAL_GET_FUNCTION_ARGUMENTS(obj, func)
+    return list(cached[0]), list(cached[1])
+
+
 def mend_direct_runner() -> None:
-    """The metrics mend, and DoFn specs looked up once per class (idempotent)."""
+    """The metrics mend, and DoFn specs and arguments looked up once per class (idempotent)."""
     mend_direct_runner_metrics()
+    setattr(core, "get_function_arguments", _get_function_arguments)  # noqa: B010
     setattr(userstate, "get_dofn_specs", _get_dofn_specs)  # noqa: B010 (mypy: assignment to a module function)
     setattr(transform_evaluator, "get_dofn_specs", _get_dofn_specs)  # noqa: B010

@@ -40,7 +40,7 @@ __all__ = [
 HI, LO, FINGERPRINT, EXPIRES = range(4)
 BYTES_PER_ID = 32
 
-MAX_CHUNKS = 8
+MAX_CHUNKS = 4
 """Chunks per state cell before they are merged into one."""
 
 

@@ -80,7 +80,7 @@ class Sinks:
 class PipelineOutputs:
     """The named outputs of ``build``, for tests to assert on."""
 
-    ledger_rows: beam.PCollection
+    ledger_rows: beam.PCollection  # one list of ledger rows per pane
     dead_letters: beam.PCollection
     duplicates: beam.PCollection  # batches of later copies (pa.RecordBatch)
     counters: beam.PCollection
@@ -167,7 +167,7 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
             "duplicate": _rows("events_duplicate"),
             "conflict": _one("events_conflict"),
             "outcomes": _as_is,
-            "written": _one("ledger_rows_written"),
+            "written": _listed("ledger_rows_written"),
         },
         config.period_seconds,
         config.early_firing_seconds,
@@ -189,6 +189,10 @@ def _rows(counter: str) -> Any:
 
 def _one(counter: str) -> Any:
     return lambda _element: [(counter, 1)]
+
+
+def _listed(counter: str) -> Any:
+    return lambda rows: [(counter, len(rows))]
 
 
 def _as_is(named_count: tuple[str, int]) -> list[tuple[str, int]]:

@@ -57,13 +57,13 @@ __all__ = [
     "AttributeCounts",
     "CountBranches",
     "CountPlays",
+    "CountPlaysFn",
     "DecodeOutput",
     "DecodePlayMessages",
     "DedupByEventId",
     "DedupOutput",
     "PlayCounts",
     "PlayGroup",
-    "SumPlaysAndStreams",
     "WritePaneFiles",
     "append_window",
     "combine_per_key",
@@ -224,6 +224,8 @@ class _DedupFn(beam.DoFn):
         self.unique = _counter("events_unique")
         self.duplicates = _counter("events_duplicate")
         self.conflicts = _counter("events_conflict")
+        self.remembered = _counter("dedup_ids_remembered")
+        self.forgotten = _counter("dedup_ids_forgotten")
 
     def process(
         self,
@@ -279,6 +281,7 @@ class _DedupFn(beam.DoFn):
         received_micros = batch["received_at"].cast(pa.int64()).to_numpy()[first_row[~seen]]
         expires = _ceil_to(received_micros // 1_000_000 + self.horizon_seconds, PRUNE_SECONDS)
         chunk = chunk_of(distinct[~seen], first_fingerprint[~seen], expires)
+        self.remembered.inc(chunk.shape[1])
         _remember(chunk, recent, recent_chunks, runs, run_chunks, settled, settled_chunk)
         earliest = int(expires.min())
         pending = prune_at.read()
@@ -298,8 +301,11 @@ class _DedupFn(beam.DoFn):
     ) -> None:
         now = int(fired_at.micros // 1_000_000)
         kept = []
+        before = 0
         for cell in (recent, runs):
-            chunk = unexpired(merge(list(cell.read())), now)
+            merged = merge(list(cell.read()))
+            chunk = unexpired(merged, now)
+            before += merged.shape[1]
             cell.clear()
             if chunk.shape[1]:
                 cell.add(chunk)
@@ -307,9 +313,11 @@ class _DedupFn(beam.DoFn):
         settled_chunk = settled.read()
         if settled_chunk is not None:
             chunk = unexpired(settled_chunk, now)
+            before += settled_chunk.shape[1]
             if chunk.shape[1] < settled_chunk.shape[1]:
                 settled.write(chunk)
             kept.append(chunk)
+        self.forgotten.inc(before - sum(chunk.shape[1] for chunk in kept))
         remaining = [chunk for chunk in kept if chunk.shape[1]]
         if not remaining:
             prune_at.clear()
@@ -370,9 +378,11 @@ class DedupByEventId(beam.PTransform):
         self.shards = shards
 
     def expand(self, events: beam.PCollection) -> pvalue.DoOutputsTuple:
+        if not events.windowing.is_default():
+            # Dedup spans periods: one global window, whatever the input's windowing.
+            events = events | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
         return (
             events
-            | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
             | "ShardByEventId"
             >> beam.ParDo(_ShardFn(self.shards)).with_output_types(beam.typehints.KV[int, pa.RecordBatch])
             | "FirstCopyOnly"
@@ -384,32 +394,6 @@ class DedupByEventId(beam.PTransform):
 
 PlayGroup = tuple[str, str, str]
 """(track_id, territory, product): the plays in one group earn the same per stream."""
-
-
-class SumPlaysAndStreams(beam.CombineFn):
-    """Sums ``(plays, streams)`` pairs.
-
-    Unlike ``TupleCombineFn(sum, sum)`` it merges an empty list of accumulators: the
-    direct runner hands a combiner the empty pane a processing-time trigger can fire
-    when a key's elements were already emitted, and ``TupleCombineFn`` then raises
-    ``StopIteration`` and fails the pipeline (seen under steady simulated traffic).
-    """
-
-    def create_accumulator(self) -> tuple[int, int]:
-        return (0, 0)
-
-    def add_input(self, accumulator: tuple[int, int], counts: tuple[int, int]) -> tuple[int, int]:
-        return (accumulator[0] + counts[0], accumulator[1] + counts[1])
-
-    def merge_accumulators(self, accumulators: Iterable[tuple[int, int]]) -> tuple[int, int]:
-        plays = streams = 0
-        for more_plays, more_streams in accumulators:
-            plays += more_plays
-            streams += more_streams
-        return (plays, streams)
-
-    def extract_output(self, accumulator: tuple[int, int]) -> tuple[int, int]:
-        return accumulator
 
 
 def combine_per_key(combine_fn: beam.CombineFn) -> beam.PTransform:
@@ -464,7 +448,7 @@ def count_plays(plays: pa.RecordBatch | pa.Table, min_stream_ms: int) -> PlayCou
 
 
 class _PendingCounts:
-    """A ``_CountPlaysFn`` accumulator: counts so far, and batches not counted yet."""
+    """A ``CountPlaysFn`` accumulator: counts so far, and batches not counted yet."""
 
     __slots__ = ("batches", "counts")
 
@@ -473,8 +457,13 @@ class _PendingCounts:
         self.batches: list[pa.RecordBatch] = []
 
 
-class _CountPlaysFn(beam.CombineFn):
-    """Batches of plays → ``PlayCounts``; batches are gathered and counted together in one pass."""
+class CountPlaysFn(beam.CombineFn):
+    """Batches of plays → ``PlayCounts``; batches are gathered and counted together in one pass.
+
+    Unlike ``TupleCombineFn`` it merges an empty list of accumulators: the direct runner
+    hands a combiner the empty pane a processing-time trigger can fire when a key's
+    elements were already emitted (``TupleCombineFn`` then raises ``StopIteration``).
+    """
 
     def __init__(self, min_stream_ms: int) -> None:
         self.min_stream_ms = min_stream_ms
@@ -510,11 +499,11 @@ def _sum_counts(all_counts: Iterable[PlayCounts]) -> PlayCounts:
 
 
 class CountPlays(beam.PTransform):
-    """Batches of unique plays → ``((track_id, territory, product), (plays, streams))`` per window.
+    """Batches of unique plays → one ``PlayCounts`` per pane: ``(plays, streams)`` per group.
 
     A play of at least ``min_stream_ms`` is a stream. Counting before attributing is
     exact: every stream of a group earns the same gross, split the same way. A pane's
-    batches are counted together, column-wise; an empty pane yields nothing.
+    batches are counted together, column-wise; an empty pane counts nothing.
     """
 
     def __init__(self, min_stream_ms: int) -> None:
@@ -527,8 +516,8 @@ class CountPlays(beam.PTransform):
         return (
             batches
             | "OneKey" >> beam.Map(lambda batch: (None, batch))
-            | "CountPerPane" >> combine_per_key(_CountPlaysFn(self.min_stream_ms))
-            | "PerPlayGroup" >> beam.FlatMap(lambda keyed_counts: keyed_counts[1].items())
+            | "CountPerPane" >> combine_per_key(CountPlaysFn(self.min_stream_ms))
+            | "PaneCounts" >> beam.Values()
         )
 
 
@@ -550,14 +539,11 @@ class _AttributeCountsFn(beam.DoFn):
 
     def process(
         self,
-        group_counts: tuple[PlayGroup, tuple[int, int]],
+        counts: PlayCounts,
         catalog: Catalog,
         window: Any = beam.DoFn.WindowParam,
         pane: Any = beam.DoFn.PaneInfoParam,
-    ) -> Iterator[dict[str, Any]]:
-        (track_id, territory, product), (plays, streams) = group_counts
-        if plays == 0:
-            return  # an empty pane (see SumPlaysAndStreams): nothing to count or write
+    ) -> Iterator[list[dict[str, Any]]]:
         if self.period is not None:
             period_start, period_end = self.period
             timing = "FINAL"
@@ -565,38 +551,48 @@ class _AttributeCountsFn(beam.DoFn):
             period_start = window.start.to_utc_datetime(has_tz=True)
             period_end = window.end.to_utc_datetime(has_tz=True)
             timing = _PANE_TIMING.get(pane.timing, "UNKNOWN")
-        self.plays.inc(plays)
-        self.streams.inc(streams)
-        # Each stream of the group earns the same parts; a play that is no stream earns none.
-        per_stream = attribute_play(catalog, track_id, territory, product, True)
-        if per_stream and per_stream[0].rights_holder_id == UNMATCHED:
-            self.unmatched.inc(plays)
         written_at = dt.datetime.now(dt.UTC)
-        for part in per_stream:
-            self.parts.inc(plays)
-            yield {
-                "period_start": period_start,
-                "period_end": period_end,
-                "rights_holder_id": part.rights_holder_id,
-                "track_id": track_id,
-                "territory": territory,
-                "product": product,
-                "plays": plays,
-                "streams": streams,
-                "amount_micros": part.amount_micros * streams,
-                "currency": part.currency,
-                "pane_timing": timing,
-                "written_at": written_at,
-            }
+        rows = []
+        for (track_id, territory, product), (plays, streams) in counts.items():
+            if plays == 0:
+                continue
+            self.plays.inc(plays)
+            self.streams.inc(streams)
+            # Each stream of the group earns the same parts; a play that is no stream earns none.
+            per_stream = attribute_play(catalog, track_id, territory, product, True)
+            if per_stream and per_stream[0].rights_holder_id == UNMATCHED:
+                self.unmatched.inc(plays)
+            self.parts.inc(plays * len(per_stream))
+            rows += [
+                {
+                    "period_start": period_start,
+                    "period_end": period_end,
+                    "rights_holder_id": part.rights_holder_id,
+                    "track_id": track_id,
+                    "territory": territory,
+                    "product": product,
+                    "plays": plays,
+                    "streams": streams,
+                    "amount_micros": part.amount_micros * streams,
+                    "currency": part.currency,
+                    "pane_timing": timing,
+                    "written_at": written_at,
+                }
+                for part in per_stream
+            ]
+        if rows:
+            yield rows
 
 
 class AttributeCounts(beam.PTransform):
-    """Play counts per group → ledger rows, one per rights holder of the track.
+    """A pane's play counts (``PlayCounts``) → that pane's ledger rows, as one list.
 
-    Streams earn the catalog rate for (territory, product), else the ``*`` rate, split
-    by the contract's largest-remainder rule; every holder of the track counts the
-    plays. An unknown track goes whole to ``UNMATCHED``. The period is the window's
-    (streaming: each pane is a delta) unless ``period`` is given (batch: final rows).
+    One row per rights holder of each group's track. Streams earn the catalog rate for
+    (territory, product), else the ``*`` rate, split by the contract's largest-remainder
+    rule; every holder of the track counts the plays. An unknown track goes whole to
+    ``UNMATCHED``. The period is the window's (streaming: each pane is a delta) unless
+    ``period`` is given (batch: final rows). Rows travel as one list per pane: a pane can
+    touch every track of the catalog, and one element per row costs more than the rows.
     """
 
     def __init__(
@@ -682,24 +678,30 @@ class AggregateLedger(beam.PTransform):
 
 
 class _OutcomeCountsFn(beam.DoFn):
-    """A pane's plays of one group → ``(counter, count)``: qualified, unmatched, late."""
+    """A pane's ``PlayCounts`` → ``(counter, count)`` pairs: qualified, unmatched and late plays."""
 
     def process(
         self,
-        group_counts: tuple[PlayGroup, tuple[int, int]],
+        counts: PlayCounts,
         catalog: Catalog,
         pane: Any = beam.DoFn.PaneInfoParam,
     ) -> Iterator[tuple[str, int]]:
-        (track_id, territory, product), (plays, streams) = group_counts
-        if streams:
-            yield "plays_qualified", streams
-        if (
-            plays
-            and attribute_play(catalog, track_id, territory, product, True)[0].rights_holder_id == UNMATCHED
-        ):
-            yield "plays_unmatched", plays
-        if plays and pane.timing == beam.utils.windowed_value.PaneInfoTiming.LATE:
-            yield "plays_late", plays
+        qualified = unmatched = plays_in_pane = 0
+        for (track_id, territory, product), (plays, streams) in counts.items():
+            qualified += streams
+            plays_in_pane += plays
+            if (
+                plays
+                and attribute_play(catalog, track_id, territory, product, True)[0].rights_holder_id
+                == UNMATCHED
+            ):
+                unmatched += plays
+        if qualified:
+            yield "plays_qualified", qualified
+        if unmatched:
+            yield "plays_unmatched", unmatched
+        if plays_in_pane and pane.timing == beam.utils.windowed_value.PaneInfoTiming.LATE:
+            yield "plays_late", plays_in_pane
 
 
 class _ToCounterRowFn(beam.DoFn):
@@ -779,11 +781,11 @@ class _WritePaneFn(beam.DoFn):
 
     def process(
         self,
-        partition_rows: tuple[str, Iterable[dict[str, Any]]],
+        partition_rows: tuple[str, Iterable[list[dict[str, Any]]]],
         pane: Any = beam.DoFn.PaneInfoParam,
     ) -> Iterator[str]:
-        partition, rows = partition_rows
-        rows = list(rows)
+        partition, row_lists = partition_rows
+        rows = [row for row_list in row_lists for row in row_list]
         if not rows:
             return
         # The runner may give no pane index (the direct runner does not): a random
@@ -805,6 +807,8 @@ class _WritePaneFn(beam.DoFn):
 
 class WritePaneFiles(beam.PTransform):
     """Append each pane's rows as Parquet files under ``table_dir/<column>=<period>/``.
+
+    Elements are rows, or lists of rows (a pane's ledger rows travel together).
 
     ``time_column`` picks the row's partition, floored to ``partition_seconds`` (a
     period's start, or e.g. 60 for minutes); files are written to ``temp_dir`` (keep it
@@ -846,9 +850,15 @@ class WritePaneFiles(beam.PTransform):
             floored = dt.datetime.fromtimestamp(int(at.timestamp()) // seconds * seconds, dt.UTC)
             return partition_name(column, floored)
 
+        def by_partition(element: dict[str, Any] | list[dict[str, Any]]) -> Iterator[tuple[str, list[Any]]]:
+            parts: dict[str, list[dict[str, Any]]] = {}
+            for row in [element] if isinstance(element, dict) else element:
+                parts.setdefault(partition(row), []).append(row)
+            yield from parts.items()
+
         return (
             rows
-            | "KeyByPartition" >> beam.Map(lambda row: (partition(row), row))
+            | "KeyByPartition" >> beam.FlatMap(by_partition)
             | "GroupPane" >> beam.GroupByKey()
             | "WriteFile"
             >> beam.ParDo(

@@ -1,4 +1,4 @@
-"""CountPlays survives the empty panes a processing-time trigger can fire on the direct runner."""
+"""CountPlaysFn counts a pane's batches together and survives the empty panes of the direct runner."""
 
 from __future__ import annotations
 
@@ -9,32 +9,49 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.combiners import TupleCombineFn
+from sample_plays import message, play
 
-from pipelines.transforms import SumPlaysAndStreams
-
-
-def test_an_empty_pane_sums_to_zero_instead_of_failing() -> None:
-    combine = SumPlaysAndStreams()
-    assert combine.merge_accumulators([]) == (0, 0)
-    accumulator = combine.add_input(combine.add_input(combine.create_accumulator(), (1, 1)), (1, 0))
-    assert combine.extract_output(combine.merge_accumulators([accumulator, (3, 2)])) == (5, 3)
+from pipelines.play_batches import decode_plays
+from pipelines.transforms import CountPlaysFn, count_plays
 
 
-def test_the_direct_runner_combines_an_empty_group_that_tuple_combine_fn_cannot() -> None:
+def batch_of(*plays: dict[str, Any]) -> Any:
+    msg = message(*plays)
+    return decode_plays(msg.data, dict(msg.attributes)).valid
+
+
+def test_batches_are_counted_together_as_one() -> None:
+    first = batch_of(play("T1"), play("T1", ms_played=1_000), play("T2", territory="DE"))
+    second = batch_of(play("T1"), play("T2", territory="DE", product="free"))
+    combine = CountPlaysFn(min_stream_ms=30_000)
+    accumulator = combine.add_input(combine.add_input(combine.create_accumulator(), first), second)
+    merged = combine.merge_accumulators([accumulator, combine.add_input(combine.create_accumulator(), first)])
+    assert combine.extract_output(merged) == {
+        ("T1", "SE", "premium"): (5, 3),
+        ("T2", "DE", "premium"): (2, 2),
+        ("T2", "DE", "free"): (1, 1),
+    }
+    assert count_plays(first, 30_000) == {("T1", "SE", "premium"): (2, 1), ("T2", "DE", "premium"): (1, 1)}
+
+
+def test_an_empty_pane_counts_nothing_instead_of_failing() -> None:
+    combine = CountPlaysFn(min_stream_ms=30_000)
+    assert combine.extract_output(combine.merge_accumulators([])) == {}
+    assert combine.extract_output(combine.add_input(combine.create_accumulator(), batch_of())) == {}
     # The direct runner merges a group's accumulators even when the group is empty, as a
-    # pane fired with nothing new in it is; TupleCombineFn then raises StopIteration.
+    # pane fired with nothing new in it is; TupleCombineFn raises StopIteration there.
     try:
         TupleCombineFn(sum, sum).merge_accumulators([])
     except StopIteration:
         pass
     else:
-        raise AssertionError("TupleCombineFn merges an empty list now: SumPlaysAndStreams may be unneeded")
+        raise AssertionError("TupleCombineFn merges an empty list now")
     options = PipelineOptions(runner="BundleBasedDirectRunner")
     with TestPipeline(options=options) as pipeline:
         groups = pipeline | beam.Create(
-            [(("T1", "SE", "premium"), []), (("T2", "SE", "free"), [(1, 1), (1, 0)])]
+            [("empty", []), ("full", [batch_of(play("T1")), batch_of(play("T1", ms_played=10))])]
         ).with_output_types(beam.typehints.KV[Any, Any])
         assert_that(
-            groups | beam.CombineValues(SumPlaysAndStreams()),
-            equal_to([(("T1", "SE", "premium"), (0, 0)), (("T2", "SE", "free"), (2, 1))]),
+            groups | beam.CombineValues(CountPlaysFn(min_stream_ms=30_000)),
+            equal_to([("empty", {}), ("full", {("T1", "SE", "premium"): (2, 1)})]),
         )
