@@ -5,6 +5,10 @@ in batched messages is read twice, once by a pipeline that only pulls and decode
 transport ceiling) and once by the whole streaming pipeline with de-duplication on;
 events per second for each, and the ratio.
 
+Memory: de-duplication runs for ``--memory-minutes`` (10) at a constant rate with a short
+horizon, for the resident memory a remembered event id costs and whether resident memory
+stays flat once ids expire as fast as they come (``pipelines/bench_memory.py``).
+
 Batch: an archive of generated plays (10 million by default, in Parquet files of
 500,000, with 5 % retried copies, half of those with the id in upper case) is recomputed
 by the batch pipeline, start-up included, and, on the same files in the same run, by
@@ -44,6 +48,7 @@ from ingest.pubsub import PubSubNames, emulator_from_env_or_started, ensure_topo
 from ledger.catalog import DEFAULT_CATALOG_DIR, Catalog
 from ledger.tables import ARCHIVE_DIR, partition_name
 from pipelines import batch
+from pipelines.bench_memory import bench_dedup_memory, describe
 from pipelines.config import PipelineConfig
 from pipelines.direct_runner import mend_direct_runner
 from pipelines.streaming import build, parquet_sinks
@@ -249,12 +254,22 @@ def bench_batch(events: int, rows_per_file: int, console: Console) -> tuple[floa
 def main(argv: Sequence[str] | None = None) -> int:
     """Measure and print; see the module docstring."""
     parser = argparse.ArgumentParser(prog="playledger bench pipeline", description=__doc__.split("\n")[0])
-    parser.add_argument("--streaming-events", type=int, default=200_000)
+    parser.add_argument("--streaming-events", type=int, default=500_000)
     parser.add_argument("--events-per-message", type=int, default=500)
     parser.add_argument("--batch-events", type=int, default=10_000_000)
     parser.add_argument("--batch-rows-per-file", type=int, default=500_000)
     parser.add_argument("--skip-streaming", action="store_true")
     parser.add_argument("--skip-batch", action="store_true")
+    parser.add_argument(
+        "--memory-minutes",
+        type=float,
+        default=10,
+        help="how long to run de-duplication at a constant rate for its memory (0: skip)",
+    )
+    parser.add_argument("--memory-rate", type=int, default=5_000, help="plays a second in the memory run")
+    parser.add_argument(
+        "--memory-horizon-seconds", type=int, default=120, help="de-duplication horizon of the memory run"
+    )
     args = parser.parse_args(argv)
     console = Console()
     table = Table(title=f"playledger pipelines on this machine ({os.cpu_count()} cores)")
@@ -285,4 +300,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         table.add_row("DuckDB, same query", events, f"{duckdb_rate:,.0f}", "", "", "")
     console.print(table)
+    if args.memory_minutes > 0:
+        report = bench_dedup_memory(
+            args.memory_minutes, args.memory_rate, args.memory_horizon_seconds, console
+        )
+        memory = Table(
+            title=f"de-duplication memory: {args.memory_minutes:g} min at {args.memory_rate:,} plays/s, "
+            f"horizon {args.memory_horizon_seconds} s"
+        )
+        memory.add_column("measure")
+        memory.add_column("value", justify="right")
+        for measure, value in describe(report):
+            memory.add_row(measure, value)
+        console.print(memory)
     return 0
