@@ -348,22 +348,18 @@ class FirstCopiesInPeriod(beam.PTransform):
             tables
             | "ShardByEventId" >> beam.ParDo(_ShardFn(self.shards))
             | "GatherShard" >> beam.GroupByKey()
-            | "CountFirstCopies" >> beam.ParDo(_CountFirstCopiesFn(self.period, self.min_stream_ms))
+            | "CountFirstCopies"
+            >> beam.ParDo(_CountFirstCopiesFn(self.period, self.min_stream_ms)).with_output_types(pa.Table)
             | "SumCounts" >> beam.CombineGlobally(SumCountTables()).without_defaults()
             | "AsPlayCounts" >> beam.Map(_play_counts)
         )
 
 
-def _tables_by_period(rows: Sequence[dict[str, Any]]) -> Iterator[tuple[str, bytes]]:
-    """A list of ledger rows → ``(period partition, its rows as Arrow IPC)`` per period among them."""
-    by_start: dict[dt.datetime, list[dict[str, Any]]] = {}
-    for row in rows:
-        by_start.setdefault(row["period_start"], []).append(row)
-    for start, period_rows in by_start.items():
-        yield (
-            partition_name("period", start),
-            _to_ipc(pa.Table.from_pylist(period_rows, schema=LEDGER_SCHEMA)),
-        )
+def _tables_by_period(rows: pa.Table) -> Iterator[tuple[str, bytes]]:
+    """A table of ledger rows → ``(period partition, its rows as Arrow IPC)`` per period among them."""
+    starts = rows["period_start"]
+    for start in pc.unique(starts).to_pylist():
+        yield partition_name("period", start), _to_ipc(rows.filter(pc.equal(starts, start)))
 
 
 class _WritePeriodFn(beam.DoFn):
@@ -379,7 +375,7 @@ class _WritePeriodFn(beam.DoFn):
         )
         # One file per period under a fixed name: a recompute replaces it whole, atomically.
         path = write_parquet_atomically(
-            ordered.to_pylist(), LEDGER_SCHEMA, f"{self.table_dir}/{partition}", self.temp_dir, "ledger"
+            ordered, LEDGER_SCHEMA, f"{self.table_dir}/{partition}", self.temp_dir, "ledger"
         )
         self.rows.inc(ordered.num_rows)
         yield path
@@ -388,8 +384,7 @@ class _WritePeriodFn(beam.DoFn):
 class WriteFinalLedger(beam.PTransform):
     """A period's ledger rows → ``<table_dir>/period=<start>/ledger.parquet``, replaced whole.
 
-    Elements are lists of rows (``AttributeCounts`` gives one per pane); they travel to
-    the writer as Arrow tables, not row by row.
+    Elements are Arrow tables of rows (``AttributeCounts`` gives one per pane).
     """
 
     def __init__(self, table_dir: str, temp_dir: str) -> None:
@@ -435,7 +430,7 @@ class ReadArchiveFiles(beam.PTransform):
         return (
             p
             | "ListFiles" >> beam.Create(self.files)
-            | "ReadParquet" >> ReadAllFromParquetBatched(columns=_COLUMNS)
+            | "ReadParquet" >> ReadAllFromParquetBatched(columns=_COLUMNS).with_output_types(pa.Table)
         )
 
 

@@ -28,18 +28,21 @@ def _is_local(path: str) -> bool:
 
 
 def write_parquet_atomically(
-    rows: Sequence[dict[str, Any]],
+    rows: Sequence[dict[str, Any]] | pa.Table,
     schema: pa.Schema,
     final_dir: str,
     temp_dir: str,
     file_stem: str,
 ) -> str:
-    """Write ``rows`` as one Parquet file in ``final_dir`` and return its path.
+    """Write ``rows`` (dicts, or an Arrow table) as one Parquet file in ``final_dir``; return its path.
 
     The file is written under ``temp_dir`` (which must be outside the table so readers
     never glob it), flushed to disk, and renamed into place.
     """
-    table = pa.Table.from_pylist(list(rows), schema=schema)
+    if isinstance(rows, pa.Table):
+        table = rows.cast(schema)
+    else:
+        table = pa.Table.from_pylist(list(rows), schema=schema)
     name = f"{file_stem}.parquet"
     temp_path = FileSystems.join(temp_dir, f"{uuid.uuid4().hex}-{name}")
     final_path = FileSystems.join(final_dir, name)

@@ -41,6 +41,7 @@ __all__ = [
     "CONTENT_COLUMNS",
     "PLAY_SCHEMA",
     "ArrowBatchCoder",
+    "ArrowTableCoder",
     "DecodedPlays",
     "content_fingerprints",
     "decode_plays",
@@ -224,19 +225,25 @@ def shard_of(keys: np.ndarray, shards: int) -> np.ndarray:
 
 
 class ArrowBatchCoder(beam.coders.Coder):
-    """Record batches as the Arrow IPC stream format: what a runner ships between workers."""
+    """Record batches as the Arrow IPC stream format: what a runner ships between workers.
+
+    The size a runner samples for its metrics is the batch's buffers, not an encoding:
+    Beam's fallback would pickle a whole batch just to measure it.
+    """
 
     def encode(self, value: pa.RecordBatch) -> bytes:
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, value.schema) as writer:
-            writer.write_batch(value)
-        return bytes(sink.getvalue())
+        return _ipc_bytes(value.schema, [value])
 
     def decode(self, encoded: bytes) -> pa.RecordBatch:
-        batches = list(pa.ipc.open_stream(encoded))
-        if len(batches) == 1:
-            return batches[0]
-        return pa.Table.from_batches(batches).combine_chunks().to_batches()[0]
+        table = pa.ipc.open_stream(encoded).read_all()
+        return (
+            table.combine_chunks().to_batches()[0]
+            if table.num_rows
+            else pa.RecordBatch.from_pylist([], table.schema)
+        )
+
+    def estimate_size(self, value: pa.RecordBatch) -> int:
+        return int(value.nbytes)
 
     def is_deterministic(self) -> bool:
         return True
@@ -245,4 +252,32 @@ class ArrowBatchCoder(beam.coders.Coder):
         return pa.RecordBatch
 
 
+class ArrowTableCoder(beam.coders.Coder):
+    """Arrow tables as the IPC stream format, sized by their buffers (see ``ArrowBatchCoder``)."""
+
+    def encode(self, value: pa.Table) -> bytes:
+        return _ipc_bytes(value.schema, value.to_batches())
+
+    def decode(self, encoded: bytes) -> pa.Table:
+        return pa.ipc.open_stream(encoded).read_all()
+
+    def estimate_size(self, value: pa.Table) -> int:
+        return int(value.nbytes)
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def to_type_hint(self) -> Any:
+        return pa.Table
+
+
+def _ipc_bytes(schema: pa.Schema, batches: list[pa.RecordBatch]) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+    return bytes(sink.getvalue())
+
+
 beam.coders.registry.register_coder(pa.RecordBatch, ArrowBatchCoder)
+beam.coders.registry.register_coder(pa.Table, ArrowTableCoder)

@@ -36,7 +36,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from ledger.allocation import UNMATCHED, attribute_play
 from ledger.catalog import Catalog
-from ledger.tables import partition_name
+from ledger.tables import LEDGER_SCHEMA, partition_name
 from pipelines.files import write_parquet_atomically
 from pipelines.play_batches import content_fingerprints, decode_plays, event_keys, shard_of, split_by_period
 from pipelines.remembered_ids import (
@@ -543,7 +543,7 @@ class _AttributeCountsFn(beam.DoFn):
         catalog: Catalog,
         window: Any = beam.DoFn.WindowParam,
         pane: Any = beam.DoFn.PaneInfoParam,
-    ) -> Iterator[list[dict[str, Any]]]:
+    ) -> Iterator[pa.Table]:
         if self.period is not None:
             period_start, period_end = self.period
             timing = "FINAL"
@@ -552,7 +552,7 @@ class _AttributeCountsFn(beam.DoFn):
             period_end = window.end.to_utc_datetime(has_tz=True)
             timing = _PANE_TIMING.get(pane.timing, "UNKNOWN")
         written_at = dt.datetime.now(dt.UTC)
-        rows = []
+        columns: dict[str, list[Any]] = {name: [] for name in LEDGER_SCHEMA.names}
         for (track_id, territory, product), (plays, streams) in counts.items():
             if plays == 0:
                 continue
@@ -563,36 +563,35 @@ class _AttributeCountsFn(beam.DoFn):
             if per_stream and per_stream[0].rights_holder_id == UNMATCHED:
                 self.unmatched.inc(plays)
             self.parts.inc(plays * len(per_stream))
-            rows += [
-                {
-                    "period_start": period_start,
-                    "period_end": period_end,
-                    "rights_holder_id": part.rights_holder_id,
-                    "track_id": track_id,
-                    "territory": territory,
-                    "product": product,
-                    "plays": plays,
-                    "streams": streams,
-                    "amount_micros": part.amount_micros * streams,
-                    "currency": part.currency,
-                    "pane_timing": timing,
-                    "written_at": written_at,
-                }
-                for part in per_stream
-            ]
-        if rows:
-            yield rows
+            for part in per_stream:
+                columns["rights_holder_id"].append(part.rights_holder_id)
+                columns["track_id"].append(track_id)
+                columns["territory"].append(territory)
+                columns["product"].append(product)
+                columns["plays"].append(plays)
+                columns["streams"].append(streams)
+                columns["amount_micros"].append(part.amount_micros * streams)
+                columns["currency"].append(part.currency)
+        count = len(columns["track_id"])
+        if not count:
+            return
+        columns["period_start"] = [period_start] * count
+        columns["period_end"] = [period_end] * count
+        columns["pane_timing"] = [timing] * count
+        columns["written_at"] = [written_at] * count
+        yield pa.table(columns, schema=LEDGER_SCHEMA)
 
 
 class AttributeCounts(beam.PTransform):
-    """A pane's play counts (``PlayCounts``) → that pane's ledger rows, as one list.
+    """A pane's play counts (``PlayCounts``) → that pane's ledger rows, as one Arrow table.
 
     One row per rights holder of each group's track. Streams earn the catalog rate for
     (territory, product), else the ``*`` rate, split by the contract's largest-remainder
     rule; every holder of the track counts the plays. An unknown track goes whole to
     ``UNMATCHED``. The period is the window's (streaming: each pane is a delta) unless
-    ``period`` is given (batch: final rows). Rows travel as one list per pane: a pane can
-    touch every track of the catalog, and one element per row costs more than the rows.
+    ``period`` is given (batch: final rows). Rows travel as one table (``LEDGER_SCHEMA``)
+    per pane: a pane can touch every track of the catalog, and one element per row costs
+    more than the rows.
     """
 
     def __init__(
@@ -605,7 +604,9 @@ class AttributeCounts(beam.PTransform):
         self.period = period
 
     def expand(self, counts: beam.PCollection) -> beam.PCollection:
-        return counts | "Attribute" >> beam.ParDo(_AttributeCountsFn(self.period), self.catalog)
+        return counts | "Attribute" >> beam.ParDo(
+            _AttributeCountsFn(self.period), self.catalog
+        ).with_output_types(pa.Table)
 
 
 def append_window(
@@ -781,12 +782,18 @@ class _WritePaneFn(beam.DoFn):
 
     def process(
         self,
-        partition_rows: tuple[str, Iterable[list[dict[str, Any]]]],
+        partition_rows: tuple[str, Iterable[list[dict[str, Any]] | pa.Table]],
         pane: Any = beam.DoFn.PaneInfoParam,
     ) -> Iterator[str]:
-        partition, row_lists = partition_rows
-        rows = [row for row_list in row_lists for row in row_list]
-        if not rows:
+        partition, parts = partition_rows
+        tables = [
+            part if isinstance(part, pa.Table) else pa.Table.from_pylist(part, schema=self.schema)
+            for part in parts
+        ]
+        if not tables:
+            return  # an empty pane
+        rows = pa.concat_tables(tables).cast(self.schema)
+        if not rows.num_rows:
             return
         # The runner may give no pane index (the direct runner does not): a random
         # suffix keeps every pane's file name unique.
@@ -799,16 +806,16 @@ class _WritePaneFn(beam.DoFn):
             f"part-{index}-{uuid.uuid4().hex}",
         )
         self.files.inc()
-        self.rows.inc(len(rows))
+        self.rows.inc(rows.num_rows)
         if self.summed is not None and self.sum_column is not None:
-            self.summed.inc(sum(int(row[self.sum_column]) for row in rows))
+            self.summed.inc(int(pc.sum(rows[self.sum_column]).as_py() or 0))
         yield path
 
 
 class WritePaneFiles(beam.PTransform):
     """Append each pane's rows as Parquet files under ``table_dir/<column>=<period>/``.
 
-    Elements are rows, or lists of rows (a pane's ledger rows travel together).
+    Elements are rows (dicts), or Arrow tables of rows (a pane's ledger rows travel together).
 
     ``time_column`` picks the row's partition, floored to ``partition_seconds`` (a
     period's start, or e.g. 60 for minutes); files are written to ``temp_dir`` (keep it
@@ -850,11 +857,13 @@ class WritePaneFiles(beam.PTransform):
             floored = dt.datetime.fromtimestamp(int(at.timestamp()) // seconds * seconds, dt.UTC)
             return partition_name(column, floored)
 
-        def by_partition(element: dict[str, Any] | list[dict[str, Any]]) -> Iterator[tuple[str, list[Any]]]:
-            parts: dict[str, list[dict[str, Any]]] = {}
-            for row in [element] if isinstance(element, dict) else element:
-                parts.setdefault(partition(row), []).append(row)
-            yield from parts.items()
+        def by_partition(element: dict[str, Any] | pa.Table) -> Iterator[tuple[str, Any]]:
+            if isinstance(element, dict):
+                yield partition(element), [element]
+                return
+            times = element[time_column]
+            for at in pc.unique(times).to_pylist():
+                yield partition({time_column: at}), element.filter(pc.equal(times, at))
 
         return (
             rows

@@ -27,8 +27,8 @@ PERIOD = 60
 BASE = int(EPOCH.timestamp())
 
 
-def rows(batch: pa.RecordBatch) -> list[dict[str, Any]]:
-    """A batch of plays as event dicts."""
+def rows(batch: pa.RecordBatch | pa.Table) -> list[dict[str, Any]]:
+    """A batch of plays, or a table of ledger rows, as dicts."""
     return batch.to_pylist()
 
 
@@ -82,7 +82,7 @@ def test_duplicate_in_a_later_period_is_dropped_and_late_play_is_a_delta(tiny_ca
     with streaming_pipeline() as p:
         outputs = build(p, stream, Sinks(), config(tiny_catalog))
         assert_that(
-            outputs.ledger_rows | "LedgerRows" >> beam.FlatMap(list) | beam.Map(summary),
+            outputs.ledger_rows | "LedgerRows" >> beam.FlatMap(rows) | beam.Map(summary),
             equal_to_per_window(
                 {
                     # SE premium 1000 µ: 6667 bps → 666.7, 3333 bps → 333.3; the spare µ goes to RH_A.
@@ -129,7 +129,7 @@ def test_unknown_track_goes_to_suspense(tiny_catalog: Path) -> None:
     with streaming_pipeline() as p:
         outputs = build(p, stream.advance_watermark_to_infinity(), Sinks(), config(tiny_catalog))
         assert_that(
-            outputs.ledger_rows | "LedgerRows" >> beam.FlatMap(list) | beam.Map(summary),
+            outputs.ledger_rows | "LedgerRows" >> beam.FlatMap(rows) | beam.Map(summary),
             equal_to([("UNMATCHED", "NOT-IN-CATALOG", 1, 1, 1000, "ON_TIME")]),
             label="Suspense",
         )
@@ -163,7 +163,7 @@ def test_bad_messages_and_invalid_events_are_dead_lettered_beside_good_ones(tiny
     with streaming_pipeline() as p:
         outputs = build(p, stream, Sinks(), config(tiny_catalog))
         assert_that(
-            outputs.ledger_rows | "LedgerRows" >> beam.FlatMap(list) | beam.Map(summary),
+            outputs.ledger_rows | "LedgerRows" >> beam.FlatMap(rows) | beam.Map(summary),
             equal_to([("RH_B", "T2", 1, 1, 1000, "ON_TIME")]),
             label="GoodEventCounted",
         )
@@ -256,7 +256,7 @@ def test_dedup_state_expires_after_the_horizon(tiny_catalog: Path) -> None:
         )
         assert_that(
             outputs.ledger_rows
-            | "LedgerRows" >> beam.FlatMap(list)
+            | "LedgerRows" >> beam.FlatMap(rows)
             | beam.Map(lambda row: (row["period_start"], row["plays"])),
             equal_to([(EPOCH, 1), (EPOCH + dt.timedelta(hours=1, minutes=5), 1)]),
             label="CountedAgainPastTheHorizon",
@@ -276,7 +276,7 @@ def test_a_conflicting_duplicate_counts_once_and_is_recorded(tiny_catalog: Path)
     with streaming_pipeline() as p:
         outputs = build(p, stream, Sinks(), config(tiny_catalog))
         assert_that(
-            outputs.ledger_rows | "LedgerRows" >> beam.FlatMap(list) | beam.Map(summary),
+            outputs.ledger_rows | "LedgerRows" >> beam.FlatMap(rows) | beam.Map(summary),
             equal_to([("RH_B", "T2", 1, 1, 1000, "ON_TIME")]),  # the first copy, once
             label="CountedOnce",
         )
