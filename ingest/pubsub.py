@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,16 @@ class PubSubNames:
     @property
     def archive(self) -> str:
         return f"projects/{self.project}/subscriptions/{self.archive_id}"
+
+    @classmethod
+    def scratch(cls, prefix: str) -> PubSubNames:
+        """Names no one else uses (``prefix`` and a random suffix), for a benchmark or a test."""
+        suffix = uuid.uuid4().hex[:8]
+        return cls(
+            topic_id=f"{prefix}-{suffix}",
+            royalties_id=f"{prefix}-royalties-{suffix}",
+            archive_id=f"{prefix}-archive-{suffix}",
+        )
 
 
 def free_port() -> int:

@@ -116,12 +116,8 @@ def bench_streaming(events: int, per_message: int, console: Console) -> tuple[fl
     """(ceiling events/s: pull + decode, end-to-end events/s with de-duplication)."""
     mend_direct_runner()
     with emulator_from_env_or_started():
-        suffix = uuid.uuid4().hex[:8]
-        names = PubSubNames(
-            topic_id=f"bench-{suffix}",
-            royalties_id=f"bench-full-{suffix}",
-            archive_id=f"bench-ceiling-{suffix}",
-        )
+        # The royalties subscription feeds the whole pipeline, the archive one the ceiling.
+        names = PubSubNames.scratch("bench")
         ensure_topology(names)
         with console.status(f"publishing {events:,} events in messages of {per_message}…"):
             _publish_backlog(names.topic, events, per_message)

@@ -1,20 +1,21 @@
 """De-duplication memory: bytes per remembered event id, and resident memory over a long run.
 
-Plays are published to the emulator at a constant rate (fresh ids received now, and a
-share of retries of ids sent a little earlier) while the streaming pipeline's decode and
-de-duplication run on the direct runner with a short horizon; this process's resident
-memory is sampled throughout. Until the first ids expire nothing is forgotten, so the
-growth over that stretch divided by the ids remembered is the cost of one remembered
-id. After the horizon (and the minute the pruning waits for) as many ids are forgotten
-as are remembered, so resident memory should stay flat: the slope over the rest of the
-run says whether it does.
+Plays are published to the emulator at a constant rate from a process of their own
+(fresh ids received now, and a share of retries of ids sent a little earlier) while the
+streaming pipeline's decode and de-duplication run on the direct runner with a short
+horizon; this process's resident memory (the pipeline's alone) is sampled throughout.
+Until the first ids expire nothing is forgotten, so the growth over that stretch
+divided by the ids remembered is the cost of one remembered id. After the horizon (and
+the minute the pruning waits for) as many ids are forgotten as are remembered, so
+resident memory should stay flat: the slope over the rest of the run says whether it
+does.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import multiprocessing
 import random
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -91,61 +92,62 @@ class MemoryReport:
         return float(slope)
 
 
-class _ConstantRatePublisher(threading.Thread):
-    """Publishes ``rate`` plays a second in messages of ``per_message``, a share of them retries."""
+def _publish_at_rate(
+    topic: str,
+    rate: int,
+    per_message: int,
+    retry_share: float,
+    stop: Any,
+    published: Any,
+    retries: Any,
+) -> None:
+    """Publish ``rate`` plays a second in messages of ``per_message``, a share of them retries.
 
-    def __init__(
-        self, topic: str, rate: int, per_message: int, retry_share: float, report: MemoryReport
-    ) -> None:
-        super().__init__(name="constant-rate-publisher", daemon=True)
-        self.topic = topic
-        self.per_message = per_message
-        self.interval = per_message / rate
-        self.retry_share = retry_share
-        self.report = report
-        self.stopped = threading.Event()
-        # Ids from the last ~10 s, well within the horizon, in a ring: retries copy them.
-        self.recent: list[str] = []
-        self.recent_size = rate * 10
-        self.fresh = 0
-
-    def run(self) -> None:
-        publisher = pubsub_v1.PublisherClient()
-        rng = random.Random(1)
-        template = {
-            "user_id": "user-1",
-            "track_id": "T1",
-            "ms_played": 120_000,
-            "territory": "SE",
-            "product": "premium",
-            "context": "playlist",
-            "bitrate_kbps": 160,
-            "offline": False,
-            "device": None,
-        }
-        next_at = time.monotonic()
-        try:
-            while not self.stopped.is_set():
-                now = dt.datetime.now(dt.UTC)
-                plays = []
-                for _ in range(self.per_message):
-                    retry = self.recent and rng.random() < self.retry_share
-                    event_id = rng.choice(self.recent) if retry else str(uuid.uuid4())
-                    if retry:
-                        self.report.retries += 1
-                    elif len(self.recent) < self.recent_size:
-                        self.recent.append(event_id)
+    Runs in a process of its own, so the pipeline's resident memory is measured alone.
+    Retries copy ids from the last ~10 s, well within any horizon the bench uses.
+    """
+    publisher = pubsub_v1.PublisherClient()
+    rng = random.Random(1)
+    template = {
+        "user_id": "user-1",
+        "track_id": "T1",
+        "ms_played": 120_000,
+        "territory": "SE",
+        "product": "premium",
+        "context": "playlist",
+        "bitrate_kbps": 160,
+        "offline": False,
+        "device": None,
+    }
+    recent: list[str] = []
+    recent_size = rate * 10
+    fresh = 0
+    interval = per_message / rate
+    next_at = time.monotonic()
+    try:
+        while not stop.is_set():
+            now = dt.datetime.now(dt.UTC)
+            plays = []
+            for _ in range(per_message):
+                retry = bool(recent) and rng.random() < retry_share
+                if retry:
+                    event_id = rng.choice(recent)
+                    retries.value += 1
+                else:
+                    event_id = str(uuid.uuid4())
+                    if len(recent) < recent_size:
+                        recent.append(event_id)
                     else:
-                        self.recent[self.fresh % self.recent_size] = event_id
-                    self.fresh += not retry
-                    plays.append({**template, "event_id": event_id, "played_at": now, "received_at": now})
-                message = encode_batch(plays, uuid.uuid4().hex)
-                publisher.publish(self.topic, message.data, **message.attributes)
-                self.report.published += len(plays)
-                next_at += self.interval
-                self.stopped.wait(max(0.0, next_at - time.monotonic()))
-        finally:
-            publisher.stop()
+                        recent[fresh % recent_size] = event_id
+                    fresh += 1
+                plays.append({**template, "event_id": event_id, "played_at": now, "received_at": now})
+            message = encode_batch(plays, uuid.uuid4().hex)
+            publisher.publish(topic, message.data, **message.attributes)
+            published.value += len(plays)
+            next_at += interval
+            stop.wait(max(0.0, next_at - time.monotonic()))
+    finally:
+        publisher.stop()
 
 
 def bench_dedup_memory(
@@ -155,12 +157,7 @@ def bench_dedup_memory(
     mend_direct_runner()
     report = MemoryReport(rate=rate, horizon_seconds=horizon_seconds)
     with emulator_from_env_or_started():
-        suffix = uuid.uuid4().hex[:8]
-        names = PubSubNames(
-            topic_id=f"bench-mem-{suffix}",
-            royalties_id=f"bench-mem-{suffix}",
-            archive_id=f"bench-mem-a-{suffix}",
-        )
+        names = PubSubNames.scratch("bench-memory")
         ensure_topology(names)
         pipeline = beam.Pipeline(
             options=PipelineOptions([], streaming=True, runner="BundleBasedDirectRunner")
@@ -177,7 +174,13 @@ def bench_dedup_memory(
             | "Rows" >> beam.Map(lambda batch: batch.num_rows)
         )
         heartbeat = Heartbeat(names.topic, 0.5)
-        publisher = _ConstantRatePublisher(names.topic, rate, per_message, 0.05, report)
+        spawn = multiprocessing.get_context("spawn")
+        stop, published, retries = spawn.Event(), spawn.Value("q", 0), spawn.Value("q", 0)
+        publisher = spawn.Process(
+            target=_publish_at_rate,
+            args=(names.topic, rate, per_message, 0.05, stop, published, retries),
+            name="constant-rate-publisher",
+        )
         result: Any = pipeline.run()
         heartbeat.start()
         publisher.start()
@@ -197,9 +200,10 @@ def bench_dedup_memory(
                     )
                     time.sleep(5)
         finally:
-            publisher.stopped.set()
+            stop.set()
             heartbeat.stopped.set()
-            publisher.join()
+            publisher.join(timeout=30)
+            report.published, report.retries = published.value, retries.value
             seen = counters(result)
             report.unique = seen.get("events_unique", 0)
             report.duplicates = seen.get("events_duplicate", 0)

@@ -7,6 +7,7 @@ import io
 import uuid
 from typing import Any
 
+import apache_beam as beam
 import fastavro
 import pyarrow as pa
 import pytest
@@ -18,6 +19,7 @@ from sample_plays import EPOCH, message, play
 from pipelines.play_batches import (
     PLAY_SCHEMA,
     ArrowBatchCoder,
+    ArrowTableCoder,
     content_fingerprints,
     decode_plays,
     event_keys,
@@ -170,8 +172,15 @@ def test_fingerprints_see_content_not_the_copy() -> None:
     assert len(set(fingerprints[2:])) == len(copies) - 2
 
 
-def test_batches_cross_a_shuffle_as_arrow_ipc() -> None:
+def test_batches_and_tables_cross_a_shuffle_as_arrow_ipc_and_are_sized_by_their_buffers() -> None:
     batch = decoded(message(play(), play("T2"))).valid
     coder = ArrowBatchCoder()
     assert coder.decode(coder.encode(batch)).equals(batch)
     assert coder.decode(coder.encode(batch.slice(1))).equals(batch.slice(1))
+    assert coder.decode(coder.encode(batch.slice(0, 0))).num_rows == 0
+    assert coder.estimate_size(batch) == batch.nbytes
+    table = pa.Table.from_batches([batch, batch])
+    table_coder = ArrowTableCoder()
+    assert table_coder.decode(table_coder.encode(table)).equals(table)
+    assert table_coder.estimate_size(table) == table.nbytes
+    assert beam.coders.registry.get_coder(pa.Table).__class__ is ArrowTableCoder
