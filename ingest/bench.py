@@ -38,7 +38,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -57,6 +56,7 @@ import orjson
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from ingest.gateway import EVENTS_PATH, tune_garbage_collector, validate_batch
+from ingest.processes import stop_process
 from ingest.publisher import EventPublisher
 from ingest.pubsub import PubSubNames, emulator_from_env_or_started, free_port
 from schemas.codec import encode_batch
@@ -280,13 +280,7 @@ def _gateway_process(names: PubSubNames, data_dir: Path, connections: int, log: 
                     response.read()
         yield port, process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, 60)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -27,6 +27,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_f
 
 from ingest.cdn.settings import DEFAULT_CDN_PORT
 from ingest.keys import read_api_keys_file
+from ingest.processes import stop_process
 from ingest.pubsub import EMULATOR_ENV, Emulator, PubSubNames, ensure_topology, free_port
 from ingest.settings import API_KEYS_ENV, API_KEYS_FILE_ENV, parse_api_keys
 
@@ -188,14 +189,9 @@ class LocalStack:
                 continue
             if process.poll() is None:
                 LOG.info("stopping the %s", name)
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=self.settings.stop_timeout_seconds)
-                except subprocess.TimeoutExpired:
-                    LOG.error("the %s did not stop in time: killing it", name)
-                    process.kill()
-                    process.wait()
+            _, killed = stop_process(process, self.settings.stop_timeout_seconds)
+            if killed:
+                LOG.error("the %s did not stop in time: it was killed", name)
             if process.returncode not in (0, -signal.SIGTERM):
                 LOG.error("the %s exited with status %s", name, process.returncode)
                 status = max(status, 1)

@@ -29,6 +29,7 @@ import pytest
 from polling import poll
 from reference_royalties import UNMATCHED, Balance, ReferenceCatalog, expected_balances
 
+from ingest.processes import stop_process
 from ingest.pubsub import free_port
 from ledger.catalog import DEFAULT_CATALOG_DIR
 
@@ -171,12 +172,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is not None:
         return
     parts = _children(process.pid)
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
+    stop_process(process, 30)
     for pid in parts:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -31,6 +31,7 @@ import pytest
 from polling import poll
 from reference_royalties import Balance, ReferenceCatalog, expected_balances
 
+from ingest.processes import stop_process
 from ingest.pubsub import free_port
 from ledger.catalog import DEFAULT_CATALOG_DIR
 
@@ -91,13 +92,7 @@ def up(pubsub_emulator: str, tmp_path: Path) -> Iterator[Up]:
         poll(ready, bool, "gateway and CDN /healthz")
         yield running
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        stop_process(process, 60)
 
 
 def ledger_balances(data_dir: Path) -> dict[str, Balance]:
