@@ -5,8 +5,12 @@ worker thread's ``StateSampler`` caches the ``ScopedState`` of a step together w
 the container of that step's *first* bundle. Counters incremented in later bundles land
 in that old container, which is never read again, so a long-running streaming pipeline
 reports only its first bundle per step and thread. ``mend_direct_runner_metrics``
-drops the cached state when a bundle brings a different container; the drain logic of
-``playledger up`` and the demo depend on counters that keep counting.
+gives every bundle a sampler of its own, so its states carry its own container; the
+drain logic of ``playledger up`` and the demo depend on counters that keep counting.
+(Evicting the stale state from the thread's sampler instead is not enough: the sampler
+also appends every state it makes to an index list it never shrinks, so each bundle's
+container would stay alive for good, and a streaming pipeline's memory would grow by
+every bundle it runs.)
 
 The direct runner also inspects every method signature of a DoFn at the start of every
 bundle, to find its state and timers (``get_dofn_specs``) and its arguments
@@ -20,39 +24,32 @@ from __future__ import annotations
 import types
 from typing import Any
 
-from apache_beam.runners.direct import transform_evaluator
+from apache_beam.runners.direct import executor, transform_evaluator
 from apache_beam.runners.worker import statesampler
 from apache_beam.transforms import core, userstate
-from apache_beam.utils.counters import CounterName
+from apache_beam.utils import counters
 
 __all__ = ["DIRECT_RUNNERS", "mend_direct_runner", "mend_direct_runner_metrics"]
 
 DIRECT_RUNNERS = frozenset({"DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"})
 
-_ORIGINAL_SCOPED_STATE = statesampler.StateSampler.scoped_state
+_ORIGINAL_TRANSFORM_CALL = executor.TransformExecutor.call
 
 
-def _scoped_state(
-    self: Any, name_context: Any, state_name: str, io_target: Any = None, metrics_container: Any = None
-) -> Any:
-    if metrics_container is not None:
-        if not isinstance(name_context, statesampler.common.NameContext):
-            name_context = statesampler.common.NameContext(name_context)
-        counter_name = CounterName(
-            state_name + "-msecs",
-            stage_name=self._prefix,
-            step_name=name_context.metrics_name(),
-            io_target=io_target,
-        )
-        cached = self._states_by_name.get(counter_name)
-        if cached is not None and cached.metrics_container is not metrics_container:
-            del self._states_by_name[counter_name]
-    return _ORIGINAL_SCOPED_STATE(self, name_context, state_name, io_target, metrics_container)
+def _call_with_own_sampler(self: Any, thread_sampler: Any) -> None:
+    # The sampler is only a tracker here (the direct runner never starts its sampling
+    # thread): a fresh one costs a few microseconds, and goes with its bundle.
+    sampler = statesampler.StateSampler("", counters.CounterFactory())
+    statesampler.set_current_tracker(sampler)
+    try:
+        _ORIGINAL_TRANSFORM_CALL(self, sampler)
+    finally:
+        statesampler.set_current_tracker(thread_sampler)
 
 
 def mend_direct_runner_metrics() -> None:
     """Make the direct runner count every bundle (idempotent; harmless on other runners)."""
-    setattr(statesampler.StateSampler, "scoped_state", _scoped_state)  # noqa: B010 (mypy: method-assign)
+    setattr(executor.TransformExecutor, "call", _call_with_own_sampler)  # noqa: B010 (mypy: method-assign)
 
 
 _ORIGINAL_GET_DOFN_SPECS = userstate.get_dofn_specs
