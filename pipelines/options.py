@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from ingest.pubsub import PubSubNames
-from pipelines.config import PipelineConfig
+from pipelines.config import DATAFLOW_DEDUP_SHARDS, PipelineConfig
+from pipelines.direct_runner import DIRECT_RUNNERS
 
 __all__ = ["BatchOptions", "RoyaltyOptions", "StreamingOptions", "options_help"]
 
@@ -37,10 +38,22 @@ class RoyaltyOptions(PipelineOptions):
             parser,
             "dedup_shards",
             type=int,
-            default=defaults.dedup_shards,
-            help="keys the de-duplication state is spread over (parallelism on Dataflow)",
+            default=None,
+            help=(
+                "keys the de-duplication state is spread over (parallelism on Dataflow; "
+                f"default {defaults.dedup_shards} on the direct runner, {DATAFLOW_DEDUP_SHARDS} elsewhere)"
+            ),
         )
         _flag(parser, "min_stream_ms", type=int, default=defaults.min_stream_ms, help="shortest stream")
+
+    def _default_dedup_shards(self) -> int:
+        # The direct runner (the default when none is named) runs one key at a time.
+        runner = self.view_as(StandardOptions).runner
+        return (
+            PipelineConfig.dedup_shards
+            if runner is None or runner in DIRECT_RUNNERS
+            else DATAFLOW_DEDUP_SHARDS
+        )
 
     def config(self) -> PipelineConfig:
         """The validated ``PipelineConfig``; ``ValueError`` names a bad or missing setting."""
@@ -49,7 +62,7 @@ class RoyaltyOptions(PipelineOptions):
         values: dict[str, Any] = {
             "period_seconds": self.period_seconds,
             "dedup_horizon_hours": self.dedup_horizon_hours,
-            "dedup_shards": self.dedup_shards,
+            "dedup_shards": self._default_dedup_shards() if self.dedup_shards is None else self.dedup_shards,
             "min_stream_ms": self.min_stream_ms,
             "catalog_dir": self.catalog_dir,
         }

@@ -10,11 +10,13 @@ import datetime as dt
 from pathlib import Path
 
 import apache_beam as beam
+import pytest
 from apache_beam.io.gcp.pubsub import ReadFromPubSub
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineState
 
 from pipelines import batch, streaming
+from pipelines.config import DATAFLOW_DEDUP_SHARDS
 from pipelines.options import RoyaltyOptions, StreamingOptions
 
 REPO = Path(__file__).resolve().parents[2]
@@ -44,6 +46,7 @@ def test_the_streaming_job_translates_for_dataflow() -> None:
     options = dataflow_options("--streaming", "--period-seconds=86400", "--early-firing-seconds=30")
     config = options.view_as(RoyaltyOptions).config()
     assert (config.period_seconds, config.early_firing_seconds) == (86400, 30)
+    assert config.dedup_shards == DATAFLOW_DEDUP_SHARDS  # many workers: the state spread over many keys
     pipeline = beam.Pipeline(options=options)
     streaming.build(
         pipeline,
@@ -74,3 +77,23 @@ def test_the_batch_job_translates_for_dataflow() -> None:
         pipeline
     )
     assert pipeline.run().state == PipelineState.DONE
+
+
+@pytest.mark.parametrize(
+    ("flags", "shards"),
+    [
+        ([], 1),  # no runner named: the direct runner, which runs one key at a time
+        (["--runner=BundleBasedDirectRunner"], 1),
+        (["--runner=DataflowRunner"], DATAFLOW_DEDUP_SHARDS),
+        (["--runner=DataflowRunner", "--dedup-shards=8"], 8),
+        (["--dedup-shards=3"], 3),
+    ],
+)
+def test_dedup_shards_default_by_runner(flags: list[str], shards: int) -> None:
+    options = PipelineOptions(["--data-dir=data", *flags])
+    assert options.view_as(RoyaltyOptions).config().dedup_shards == shards
+
+
+def test_zero_dedup_shards_is_refused() -> None:
+    with pytest.raises(ValueError, match="dedup_shards must be a positive integer"):
+        PipelineOptions(["--data-dir=data", "--dedup-shards=0"]).view_as(RoyaltyOptions).config()

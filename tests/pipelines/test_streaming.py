@@ -40,8 +40,14 @@ def streaming_pipeline() -> TestPipeline:
 
 def config(catalog: Path) -> PipelineConfig:
     # TestStream's frozen clock never fires a processing-time trigger for late data: a pane per late play.
+    # Four de-duplication shards, as on a runner with workers: copies of one id must meet whatever
+    # the shard count (one test below runs on a single shard, the direct runner's default).
     return PipelineConfig(
-        period_seconds=PERIOD, early_firing_seconds=5, late_firing_seconds=0, catalog_dir=catalog
+        period_seconds=PERIOD,
+        early_firing_seconds=5,
+        late_firing_seconds=0,
+        dedup_shards=4,
+        catalog_dir=catalog,
     )
 
 
