@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
+import pyarrow as pa
 from apache_beam.io.gcp.pubsub import ReadFromPubSub
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.utils.timestamp import Duration
@@ -161,13 +162,13 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
     }
     counter_rows = counted | "CountBranches" >> CountBranches(
         {
-            "decoded": _rows("events_decoded"),
+            "decoded": _CountRows("events_decoded"),
             "dead_letters": _dead_letter_counter,
-            "unique": _rows("events_unique"),
-            "duplicate": _rows("events_duplicate"),
-            "conflict": _one("events_conflict"),
+            "unique": _CountRows("events_unique"),
+            "duplicate": _CountRows("events_duplicate"),
+            "conflict": _CountOne("events_conflict"),
             "outcomes": _as_is,
-            "written": _listed("ledger_rows_written"),
+            "written": _CountRows("ledger_rows_written"),
         },
         config.period_seconds,
         config.early_firing_seconds,
@@ -183,16 +184,28 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
     return PipelineOutputs(ledger_rows, dead_letters, deduped[DedupOutput.DUPLICATES.value], counter_rows)
 
 
-def _rows(counter: str) -> Any:
-    return lambda batch: [(counter, batch.num_rows)]
+@dataclass(frozen=True)
+class _CountRows:
+    """A batch or table → its rows under one counter name.
+
+    A small class, not a closure: a runner that copies a step by pickling it (the direct
+    runner does, for every bundle) then pickles a name, not code.
+    """
+
+    counter: str
+
+    def __call__(self, rows: pa.RecordBatch | pa.Table) -> list[tuple[str, int]]:
+        return [(self.counter, rows.num_rows)]
 
 
-def _one(counter: str) -> Any:
-    return lambda _element: [(counter, 1)]
+@dataclass(frozen=True)
+class _CountOne:
+    """Any element → one under one counter name."""
 
+    counter: str
 
-def _listed(counter: str) -> Any:
-    return lambda rows: [(counter, len(rows))]
+    def __call__(self, _element: Any) -> list[tuple[str, int]]:
+        return [(self.counter, 1)]
 
 
 def _as_is(named_count: tuple[str, int]) -> list[tuple[str, int]]:

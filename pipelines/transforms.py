@@ -18,7 +18,7 @@ import base64
 import datetime as dt
 import json
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from enum import StrEnum
 from typing import Any
 
@@ -33,6 +33,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, userstate, window
 from apache_beam.transforms.combiners import LiftedCombinePerKey
 from apache_beam.utils.timestamp import Duration, Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from ledger.allocation import UNMATCHED, attribute_play
 from ledger.catalog import Catalog
@@ -91,6 +92,8 @@ class DedupOutput(StrEnum):
 
 
 def _counter(name: str) -> Any:
+    # DoFns make their counters in ``setup``: a runner that copies a DoFn by pickling it
+    # (the direct runner does, for every bundle) then copies none of them.
     return Metrics.counter(METRICS_NAMESPACE, name)
 
 
@@ -127,13 +130,19 @@ def dead_letter(
 class _DecodeFn(beam.DoFn):
     def __init__(self, period_seconds: int) -> None:
         self.period_seconds = period_seconds
+
+    def start_bundle(self) -> None:
+        # (window, period) → [earliest receive time in µs, the bundle's batches of that period]
+        self.pending: dict[tuple[Any, int], tuple[int, list[pa.RecordBatch]]] = {}
+
+    def setup(self) -> None:
         self.messages = _counter("messages_read")
         self.heartbeats = _counter("heartbeats")
         self.undecodable = _counter("messages_undecodable")
         self.decoded = _counter("events_decoded")
         self.invalid = _counter("events_invalid")
 
-    def process(self, message: PubsubMessage) -> Iterator[Any]:
+    def process(self, message: PubsubMessage, in_window: Any = beam.DoFn.WindowParam) -> Iterator[Any]:
         attributes = dict(message.attributes or {})
         if attributes.get(ATTR_KIND) == KIND_HEARTBEAT:
             self.heartbeats.inc()
@@ -158,14 +167,26 @@ class _DecodeFn(beam.DoFn):
         # Event time is the gateway's receive time: it assigns the accounting period, so
         # a batch is split where a period ends and stamped with its earliest receive time.
         for earliest_micros, rows in split_by_period(plays.valid, self.period_seconds):
-            yield window.TimestampedValue(rows, Timestamp(micros=earliest_micros))
+            key = (in_window, earliest_micros // (self.period_seconds * 1_000_000))
+            earliest, batches = self.pending.get(key, (earliest_micros, []))
+            batches.append(rows)
+            self.pending[key] = (min(earliest, earliest_micros), batches)
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        # A bundle's plays of one period go on as one batch, in the order they came: every
+        # step after this one pays its per-element costs once per bundle, not per message.
+        for (in_window, _), (earliest_micros, batches) in self.pending.items():
+            rows = batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+            yield WindowedValue(rows, Timestamp(micros=earliest_micros), (in_window,))
+        self.pending = {}
 
 
 class DecodePlayMessages(beam.PTransform):
     """Pub/Sub messages → batches of valid play events (``pa.RecordBatch``), plus dead letters.
 
-    A message's events stay together, one batch per accounting period of
-    ``period_seconds``, stamped with the earliest ``received_at`` in it; each invalid
+    The events of a bundle's messages travel together, in the order they came, one batch
+    per accounting period of ``period_seconds`` (and window of the messages), stamped
+    with the earliest ``received_at`` in it; each invalid
     event and each undecodable message is a dead letter. Heartbeat messages (which keep
     an idle source moving) are counted and dropped. Returns a tagged result:
     ``result[DecodeOutput.EVENTS.value]`` and ``result[DecodeOutput.DEAD_LETTERS.value]``.
@@ -190,6 +211,9 @@ class _ShardFn(beam.DoFn):
         self.shards = shards
 
     def process(self, batch: pa.RecordBatch) -> Iterator[tuple[int, pa.RecordBatch]]:
+        if self.shards == 1:
+            yield 0, batch
+            return
         shards = shard_of(event_keys(batch["event_id"]), self.shards)
         if len(shards) and (shards == shards[0]).all():
             yield int(shards[0]), batch
@@ -221,6 +245,8 @@ class _DedupFn(beam.DoFn):
 
     def __init__(self, horizon_seconds: int) -> None:
         self.horizon_seconds = horizon_seconds
+
+    def setup(self) -> None:
         self.unique = _counter("events_unique")
         self.duplicates = _counter("events_duplicate")
         self.conflicts = _counter("events_conflict")
@@ -498,6 +524,16 @@ def _sum_counts(all_counts: Iterable[PlayCounts]) -> PlayCounts:
     return summed
 
 
+# FlatMap over module functions rather than Map or Values, which wrap the function in
+# a lambda: the direct runner pickles every step for every bundle, and a lambda by value.
+def _under_one_key(batch: pa.RecordBatch) -> list[tuple[None, pa.RecordBatch]]:
+    return [(None, batch)]
+
+
+def _value(keyed: tuple[Any, PlayCounts]) -> list[PlayCounts]:
+    return [keyed[1]]
+
+
 class CountPlays(beam.PTransform):
     """Batches of unique plays → one ``PlayCounts`` per pane: ``(plays, streams)`` per group.
 
@@ -515,9 +551,9 @@ class CountPlays(beam.PTransform):
     def expand(self, batches: beam.PCollection) -> beam.PCollection:
         return (
             batches
-            | "OneKey" >> beam.Map(lambda batch: (None, batch))
+            | "OneKey" >> beam.FlatMap(_under_one_key)
             | "CountPerPane" >> combine_per_key(CountPlaysFn(self.min_stream_ms))
-            | "PaneCounts" >> beam.Values()
+            | "PaneCounts" >> beam.FlatMap(_value)
         )
 
 
@@ -532,6 +568,8 @@ _PANE_TIMING = {
 class _AttributeCountsFn(beam.DoFn):
     def __init__(self, period: tuple[dt.datetime, dt.datetime] | None) -> None:
         self.period = period
+
+    def setup(self) -> None:
         self.plays = _counter("plays")
         self.streams = _counter("streams")
         self.unmatched = _counter("plays_unmatched")
@@ -725,6 +763,20 @@ class _ToCounterRowFn(beam.DoFn):
         }
 
 
+class _NamedCountsFn(beam.DoFn):
+    """A branch's elements → their ``(counter, count)`` pairs, by the branch's function.
+
+    A DoFn rather than ``FlatMap``: the direct runner pickles every step for every
+    bundle, and ``FlatMap``'s wrapper pickles several times the function's size.
+    """
+
+    def __init__(self, namer: Callable[[Any], Iterable[tuple[str, int]]]) -> None:
+        self.namer = namer
+
+    def process(self, element: Any) -> Iterable[tuple[str, int]]:
+        return self.namer(element)
+
+
 class CountBranches(beam.PTransform):
     """Named branches of the pipeline → counter rows per period (deltas, like the ledger).
 
@@ -758,7 +810,7 @@ class CountBranches(beam.PTransform):
         keyed = []
         for name, pcoll in pcolls.items():
             namer = self.branches[name]
-            keyed.append(pcoll | f"Name{name}" >> beam.FlatMap(namer))
+            keyed.append(pcoll | f"Name{name}" >> beam.ParDo(_NamedCountsFn(namer)))
         return (
             keyed
             | "AllBranches" >> beam.Flatten()
@@ -772,13 +824,16 @@ class _WritePaneFn(beam.DoFn):
     def __init__(
         self, table: str, table_dir: str, temp_dir: str, schema: Any, sum_column: str | None
     ) -> None:
+        self.table = table
         self.table_dir = table_dir
         self.temp_dir = temp_dir
         self.schema = schema
         self.sum_column = sum_column
-        self.files = _counter(f"{table}_files_written")
-        self.rows = _counter(f"{table}_rows_written")
-        self.summed = _counter(f"{table}_{sum_column}_written") if sum_column else None
+
+    def setup(self) -> None:
+        self.files = _counter(f"{self.table}_files_written")
+        self.rows = _counter(f"{self.table}_rows_written")
+        self.summed = _counter(f"{self.table}_{self.sum_column}_written") if self.sum_column else None
 
     def process(
         self,
@@ -810,6 +865,27 @@ class _WritePaneFn(beam.DoFn):
         if self.summed is not None and self.sum_column is not None:
             self.summed.inc(int(pc.sum(rows[self.sum_column]).as_py() or 0))
         yield path
+
+
+class _KeyByPartitionFn(beam.DoFn):
+    """Rows (a dict, or a table of them) → ``(partition, rows in it)``."""
+
+    def __init__(self, column: str, time_column: str, seconds: int) -> None:
+        self.column = column
+        self.time_column = time_column
+        self.seconds = seconds
+
+    def partition(self, at: dt.datetime) -> str:
+        floored = dt.datetime.fromtimestamp(int(at.timestamp()) // self.seconds * self.seconds, dt.UTC)
+        return partition_name(self.column, floored)
+
+    def process(self, element: dict[str, Any] | pa.Table) -> Iterator[tuple[str, Any]]:
+        if isinstance(element, dict):
+            yield self.partition(element[self.time_column]), [element]
+            return
+        times = element[self.time_column]
+        for at in pc.unique(times).to_pylist():
+            yield self.partition(at), element.filter(pc.equal(times, at))
 
 
 class WritePaneFiles(beam.PTransform):
@@ -850,24 +926,10 @@ class WritePaneFiles(beam.PTransform):
         self.partition_seconds = partition_seconds
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        column, time_column, seconds = self.partition_column, self.time_column, self.partition_seconds
-
-        def partition(row: dict[str, Any]) -> str:
-            at: dt.datetime = row[time_column]
-            floored = dt.datetime.fromtimestamp(int(at.timestamp()) // seconds * seconds, dt.UTC)
-            return partition_name(column, floored)
-
-        def by_partition(element: dict[str, Any] | pa.Table) -> Iterator[tuple[str, Any]]:
-            if isinstance(element, dict):
-                yield partition(element), [element]
-                return
-            times = element[time_column]
-            for at in pc.unique(times).to_pylist():
-                yield partition({time_column: at}), element.filter(pc.equal(times, at))
-
         return (
             rows
-            | "KeyByPartition" >> beam.FlatMap(by_partition)
+            | "KeyByPartition"
+            >> beam.ParDo(_KeyByPartitionFn(self.partition_column, self.time_column, self.partition_seconds))
             | "GroupPane" >> beam.GroupByKey()
             | "WriteFile"
             >> beam.ParDo(

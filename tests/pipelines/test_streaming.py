@@ -22,6 +22,7 @@ from sample_plays import EPOCH, message, play
 from ledger.views import open_ledger, run_sql
 from pipelines.config import PipelineConfig
 from pipelines.streaming import Sinks, build, parquet_sinks
+from pipelines.transforms import DecodeOutput, DecodePlayMessages
 from schemas.codec import ATTR_KIND, KIND_HEARTBEAT
 
 PERIOD = 60
@@ -69,6 +70,27 @@ def period(index: int) -> IntervalWindow:
 
 def at(second: float, msg: PubsubMessage) -> TimestampedValue:
     return TimestampedValue(msg, BASE + second)
+
+
+def test_a_bundles_messages_go_on_as_one_batch_per_period_in_the_order_they_came() -> None:
+    first, second = play("T1", received_second=10), play("T2", received_second=5)
+    next_period = play("T1", received_second=PERIOD + 1)
+    stream = (
+        TestStream()
+        .advance_watermark_to(BASE)
+        .add_elements([at(10, message(first)), at(11, message(second, next_period))])  # one bundle
+        .add_elements([at(12, message(play("T3", received_second=12)))])  # the next bundle
+        .advance_watermark_to_infinity()
+    )
+    with streaming_pipeline() as p:
+        decoded = p | stream | DecodePlayMessages(PERIOD)
+        batches = decoded[DecodeOutput.EVENTS.value] | beam.Map(
+            lambda batch, at_time=beam.DoFn.TimestampParam: (
+                tuple(batch["track_id"].to_pylist()),
+                at_time.micros // 1_000_000 - BASE,  # the earliest receive time in the batch
+            )
+        )
+        assert_that(batches, equal_to([(("T1", "T2"), 5), (("T1",), PERIOD + 1), (("T3",), 12)]))
 
 
 def test_duplicate_in_a_later_period_is_dropped_and_late_play_is_a_delta(tiny_catalog: Path) -> None:
