@@ -15,8 +15,16 @@ every bundle it runs.)
 The direct runner also inspects every method signature of a DoFn at the start of every
 bundle, to find its state and timers (``get_dofn_specs``) and its arguments
 (``get_function_arguments``): a few milliseconds per step and bundle, more than a whole
-batch of plays costs to process. ``mend_direct_runner`` adds a cache of both per DoFn
-class on top of the metrics mend.
+batch of plays costs to process. And it hands every output bundle to every consumer,
+empty or not: a step with three outputs, one of them busy, makes every step below the
+other two run a bundle of nothing each time, and a ``Flatten`` of seven branches feeds
+seven bundles per input bundle to what follows it. Each costs the runner's whole
+per-bundle work (a pickled copy of the DoFn, state and watermark bookkeeping).
+
+``mend_direct_runner`` adds, on top of the metrics mend, a cache of DoFn specs and
+arguments per DoFn class, and drops empty output bundles before they are committed.
+Dropping them changes no output and no watermark: an empty bundle holds nothing back,
+timers are delivered on their own, and bundles feeding a side input are left alone.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from __future__ import annotations
 import types
 from typing import Any
 
-from apache_beam.runners.direct import executor, transform_evaluator
+from apache_beam.runners.direct import evaluation_context, executor, transform_evaluator
 from apache_beam.runners.worker import statesampler
 from apache_beam.transforms import core, userstate
 from apache_beam.utils import counters
@@ -86,9 +94,25 @@ def _get_function_arguments(obj: Any, func: str) -> tuple[list[str], list[Any]]:
     return list(cached[0]), list(cached[1])
 
 
+_ORIGINAL_HANDLE_RESULT = evaluation_context.EvaluationContext.handle_result
+
+
+def _handle_result_without_empty_bundles(
+    self: Any, completed_bundle: Any, completed_timers: Any, result: Any
+) -> Any:
+    bundles = result.uncommitted_output_bundles
+    if bundles and not any(bundle.pcollection in self._pcollection_to_views for bundle in bundles):
+        result.uncommitted_output_bundles = [bundle for bundle in bundles if bundle.has_elements()]
+    return _ORIGINAL_HANDLE_RESULT(self, completed_bundle, completed_timers, result)
+
+
 def mend_direct_runner() -> None:
-    """The metrics mend, and DoFn specs and arguments looked up once per class (idempotent)."""
+    """The metrics mend, DoFn specs and arguments looked up once per class, and no empty bundles.
+
+    Idempotent; it changes only the direct runner.
+    """
     mend_direct_runner_metrics()
+    setattr(evaluation_context.EvaluationContext, "handle_result", _handle_result_without_empty_bundles)  # noqa: B010
     setattr(core, "get_function_arguments", _get_function_arguments)  # noqa: B010
     setattr(userstate, "get_dofn_specs", _get_dofn_specs)  # noqa: B010 (mypy: assignment to a module function)
     setattr(transform_evaluator, "get_dofn_specs", _get_dofn_specs)  # noqa: B010

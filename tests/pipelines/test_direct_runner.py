@@ -1,8 +1,9 @@
-"""The direct runner's counters keep counting after the first bundle of a step, and let go after."""
+"""The direct runner, mended: counters keep counting and let go of finished bundles; no empty bundles."""
 
 from __future__ import annotations
 
 import gc
+from collections.abc import Iterator
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -10,8 +11,11 @@ from apache_beam.metrics.execution import MetricsContainer
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms import window
+from apache_beam.transforms.window import TimestampedValue
 
-from pipelines.direct_runner import mend_direct_runner_metrics
+from pipelines.direct_runner import mend_direct_runner, mend_direct_runner_metrics
 
 
 class _CountFn(beam.DoFn):
@@ -59,3 +63,47 @@ def test_bundles_do_not_keep_their_metrics_alive() -> None:
     assert len(_LIVE_CONTAINERS) == 6
     # Early bundles leave some behind while the runner warms up; after that, none.
     assert _LIVE_CONTAINERS[-1] - _LIVE_CONTAINERS[2] <= 5, _LIVE_CONTAINERS
+
+
+_BUNDLES_STARTED: list[str] = []
+
+
+class _EverythingToMainFn(beam.DoFn):
+    def process(self, element: int) -> Iterator[int]:
+        yield element  # the "never" output gets nothing, bundle after bundle
+
+
+class _RecordBundlesFn(beam.DoFn):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def start_bundle(self) -> None:
+        _BUNDLES_STARTED.append(self.name)
+
+    def process(self, element: int) -> Iterator[int]:
+        yield element
+
+
+def test_empty_bundles_are_dropped_and_watermarks_still_close_windows() -> None:
+    mend_direct_runner()
+    _BUNDLES_STARTED.clear()
+    stream = TestStream()
+    for second in range(30):
+        stream = stream.add_elements([TimestampedValue(second, second)]).advance_watermark_to(second + 1)
+    pipeline = beam.Pipeline(options=PipelineOptions(streaming=True, runner="BundleBasedDirectRunner"))
+    outputs = (
+        pipeline
+        | stream.advance_watermark_to_infinity()
+        | beam.ParDo(_EverythingToMainFn()).with_outputs("never", main="main")
+    )
+    _ = outputs.never | "AfterNever" >> beam.ParDo(_RecordBundlesFn("never"))
+    sums = (
+        outputs.main
+        | "AfterMain" >> beam.ParDo(_RecordBundlesFn("main"))
+        | beam.WindowInto(window.FixedWindows(10))
+        | beam.CombineGlobally(sum).without_defaults()
+    )
+    assert_that(sums, equal_to([sum(range(10)), sum(range(10, 20)), sum(range(20, 30))]))
+    pipeline.run().wait_until_finish()
+    assert "never" not in _BUNDLES_STARTED
+    assert 0 < _BUNDLES_STARTED.count("main") <= 30
