@@ -4,8 +4,10 @@ Two measurements in one run, against the same Pub/Sub (the emulator named by
 ``PUBSUB_EMULATOR_HOST``, else one started for the run) and the same events:
 
 1. **The ceiling**: what the gateway's work costs without HTTP. ``--connections``
-   concurrent workers in this process validate a parsed batch of ``--batch-events``
-   events, encode it and publish it, awaiting Pub/Sub's confirmation, in a loop.
+   concurrent workers in this process read a request body of ``--batch-events`` events
+   (the very bytes the load generator posts) with the gateway's own ``read_batch``,
+   which decodes and validates it, then encode it and publish it, awaiting Pub/Sub's
+   confirmation, in a loop.
 2. **The gateway**: ``playledger gateway`` runs as its own process (journal, auth, rate
    limiter, metrics and all) and this process loads it over loopback with
    ``--connections`` keep-alive connections, each posting a batch and waiting for the
@@ -13,8 +15,8 @@ Two measurements in one run, against the same Pub/Sub (the emulator named by
 
 Both processes tune the garbage collector the same way once started
 (``tune_garbage_collector``), so the ceiling is the same work under the same process
-settings, minus HTTP, JSON parsing, authentication, rate limiting, the receipt journal
-and the metrics.
+settings, minus HTTP, authentication, rate limiting, the receipt journal and the
+metrics. JSON decoding is in both: the gateway validates a body as it decodes it.
 
 The phases alternate for ``--rounds`` rounds (the gateway keeps running), so a
 neighbour's load or the emulator's JIT warming up weighs on both alike; each phase
@@ -55,7 +57,7 @@ import google.cloud.pubsub_v1 as pubsub_v1
 import orjson
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from ingest.gateway import EVENTS_PATH, tune_garbage_collector, validate_batch
+from ingest.gateway import EVENTS_PATH, GatewaySettings, read_batch, tune_garbage_collector
 from ingest.processes import stop_process
 from ingest.publisher import EventPublisher
 from ingest.pubsub import PubSubNames, emulator_from_env_or_started, free_port
@@ -121,7 +123,7 @@ def _percentile(latencies: list[float], fraction: float) -> float:
 
 
 def _batches(count: int, batch_events: int) -> list[list[dict[str, Any]]]:
-    """``count`` distinct batches of valid plays, as a client sends them (parsed JSON)."""
+    """``count`` distinct batches of valid plays, as a client builds them before encoding."""
     played_at = datetime.now(UTC).replace(microsecond=0).isoformat()
     batches = []
     for batch in range(count):
@@ -179,25 +181,31 @@ async def _run_workers(
 
 
 async def _ceiling(
-    names: PubSubNames, batches: list[list[dict[str, Any]]], connections: int, warmup: float, seconds: float
+    names: PubSubNames, bodies: list[bytes], connections: int, warmup: float, seconds: float
 ) -> _Sample:
     """Validate + encode + publish, no HTTP, ``connections`` at a time."""
     publisher = EventPublisher(names.topic, timeout_seconds=30)
     try:
 
         async def one_batch(worker: int, sequence: int) -> tuple[int, bool]:
-            accepted, rejected = validate_batch(batches[sequence % len(batches)], datetime.now(UTC))
+            body = bodies[sequence % len(bodies)]
+            accepted, rejected = read_batch(body, datetime.now(UTC), GatewaySettings.max_events)
             assert not rejected
-            await publisher.publish(encode_batch(accepted, uuid.uuid4().hex))
-            return len(accepted), True
+            accepted_count, encoded = len(accepted), encode_batch(accepted, uuid.uuid4().hex)
+            del accepted  # before the wait for Pub/Sub, as the gateway does
+            await publisher.publish(encoded)
+            return accepted_count, True
 
         return await _run_workers(connections, warmup, seconds, one_batch)
     finally:
         await asyncio.to_thread(publisher.close)
 
 
-def _request(port: int, batch: list[dict[str, Any]]) -> bytes:
-    body = orjson.dumps({"events": batch})
+def _body(batch: list[dict[str, Any]]) -> bytes:
+    return orjson.dumps({"events": batch})
+
+
+def _request(port: int, body: bytes) -> bytes:
     head = (
         f"POST {EVENTS_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {_API_KEY}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -206,11 +214,11 @@ def _request(port: int, batch: list[dict[str, Any]]) -> bytes:
 
 
 async def _load(
-    port: int, batches: list[list[dict[str, Any]]], connections: int, warmup: float, seconds: float
+    port: int, bodies: list[bytes], batch_events: int, connections: int, warmup: float, seconds: float
 ) -> _Sample:
     """Post prebuilt requests on ``connections`` keep-alive connections, one in flight on each."""
-    requests = [_request(port, batch) for batch in batches]
-    accepted_marker = [f'"accepted":{len(batch)},'.encode() for batch in batches]
+    requests = [_request(port, body) for body in bodies]
+    accepted_marker = f'"accepted":{batch_events},'.encode()
     streams = [await asyncio.open_connection("127.0.0.1", port) for _ in range(connections)]
 
     async def one_batch(worker: int, sequence: int) -> tuple[int, bool]:
@@ -223,8 +231,8 @@ async def _load(
             if line[:15].lower() == b"content-length:":
                 length = int(line[15:])
         body = await reader.readexactly(length)
-        ok = head[9:12] == b"200" and accepted_marker[index] in body
-        return len(batches[index]), ok
+        ok = head[9:12] == b"200" and accepted_marker in body
+        return batch_events, ok
 
     try:
         return await _run_workers(connections, warmup, seconds, one_batch)
@@ -315,7 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _parser().error(f"--{name.replace('_', '-')} must be at least 1")
     if args.seconds <= 0 or args.warmup_seconds < 0:
         _parser().error("--seconds must be positive and --warmup-seconds not negative")
-    batches = _batches(args.distinct_batches, args.batch_events)
+    bodies = [_body(batch) for batch in _batches(args.distinct_batches, args.batch_events)]
     # The gateway tunes its collector once started: the ceiling's process gets the same.
     tune_garbage_collector()
     with (
@@ -339,10 +347,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             # weighs on both alike instead of on whichever ran at the time.
             for round_number in range(args.rounds):
                 warmup = args.warmup_seconds if round_number == 0 else min(1.0, args.warmup_seconds)
-                ceiling_samples.append(
-                    _run(_ceiling(names, batches, args.connections, warmup, slice_seconds))
+                ceiling_samples.append(_run(_ceiling(names, bodies, args.connections, warmup, slice_seconds)))
+                gateway_samples.append(
+                    _run(_load(port, bodies, args.batch_events, args.connections, warmup, slice_seconds))
                 )
-                gateway_samples.append(_run(_load(port, batches, args.connections, warmup, slice_seconds)))
         ceiling = PhaseResult.of("ceiling", ceiling_samples)
         gateway = PhaseResult.of("gateway", gateway_samples)
     ratio = gateway.events_per_second / ceiling.events_per_second if ceiling.events_per_second else 0.0
