@@ -31,11 +31,13 @@ from schemas.codec import load_schema
 
 __all__ = [
     "BITRATES_KBPS",
+    "CANONICAL_UUID_PATTERN",
     "CLIENT_FIELDS",
     "GATEWAY_FIELDS",
     "MAX_EVENT_ID_CHARS",
     "MAX_ID_CHARS",
     "MAX_MS_PLAYED",
+    "RFC3339_PATTERN",
     "FieldError",
     "FieldRule",
     "check_decoded_event",
@@ -51,8 +53,10 @@ MAX_MS_PLAYED = 86_400_000  # one day: no single play lasts longer
 BITRATES_KBPS = frozenset({96, 160, 320})
 GATEWAY_FIELDS = frozenset({"received_at"})
 
-_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})")
-_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+RFC3339_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d{1,9})?(?:[Zz]|[+-]\d{2}:\d{2})")
+CANONICAL_UUID_PATTERN = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
 
 
 class FieldError(ValueError):
@@ -116,7 +120,7 @@ def parse_rfc3339(value: object) -> datetime:
     """An RFC 3339 date-time with an explicit offset (``Z`` or ``±HH:MM``) as aware UTC."""
     if not isinstance(value, str):
         raise FieldError(f"must be an RFC 3339 date-time string, got {_json_type(value)}")
-    if not _RFC3339.fullmatch(value):
+    if not RFC3339_PATTERN.fullmatch(value):
         raise FieldError(
             f"must be an RFC 3339 date-time with an offset, like 2026-11-28T07:00:00+01:00 or "
             f"2026-11-28T06:00:00Z, got {value[:40]!r}"
@@ -130,7 +134,7 @@ def parse_rfc3339(value: object) -> datetime:
 def _check_event_id(value: object) -> None:
     # 8-4-4-4-12 hex digits; either case, since some platforms print UUIDs in upper case.
     text = _require_string(value, MAX_EVENT_ID_CHARS)
-    if not _CANONICAL_UUID.fullmatch(text):
+    if not CANONICAL_UUID_PATTERN.fullmatch(text):
         raise FieldError("must be a UUID in canonical form, like 0b0d8d38-4c3e-4b8a-9a86-5f3f1c4e2a10")
 
 
