@@ -1,16 +1,25 @@
 """Batch royalties: one period's final ledger, recomputed exactly from the archive.
 
 Reads the archive's hourly Parquet buckets that can hold the period's plays (and, over
-the dedup horizon before it, earlier copies of them) as Arrow tables, keys every row by
-the value of its ``event_id`` UUID (so ids that differ only in letter case are one
-event), and shuffles the rows into shards by that key, as compressed Arrow IPC. Each
-shard keeps the first received copy of every event exactly (ties broken by message id),
-counts duplicates and conflicts, and counts plays and streams per (track, territory,
-product) column-wise; one table of counts per shard is summed by a combine of Arrow
-tables. The sums are attributed with the same transform as the streaming pipeline, and
-the period's final ledger is written to
-``<data-dir>/ledger_final/period=<start>/ledger.parquet``, replacing an earlier
-recompute of the same period whole. The streaming ledger stays the provisional one.
+the dedup horizon before it, earlier copies of them) twice, as Arrow tables:
+
+1. The event ids alone. Each id's lower-case spelling (ids that differ only in letter
+   case are one event) is hashed to 64 bits; the hashes are shuffled into shards, and
+   every hash seen more than once sets its bit in a bitmap, a side input of step 2.
+2. The rows. An id whose bit is clear occurs once in everything read: its row is the
+   first and only copy, counted where it was read if it was received in the period. Only
+   the other rows (every copy of a repeated id, and the few whose bit another id set) are
+   keyed by their 16 UUID bytes and shuffled, as Arrow IPC, into shards that keep the
+   first received copy of each event exactly (ties broken by message id) and count
+   duplicates and conflicts.
+
+So the shuffles carry 8 bytes a row plus the rows of repeated ids, not every row. Plays
+and streams per (track, territory, product) are counted column-wise, one table per
+archive table and per shard, and summed by a combine of Arrow tables. The sums are
+attributed with the same transform as the streaming pipeline, and the period's final
+ledger is written to ``<data-dir>/ledger_final/period=<start>/ledger.parquet``,
+replacing an earlier recompute of the same period whole. The streaming ledger stays the
+provisional one.
 
 Locally, on Beam's FnApiRunner::
 
@@ -29,14 +38,16 @@ import datetime as dt
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import ReadAllFromParquetBatched
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -49,8 +60,10 @@ from pipelines.play_batches import event_keys
 from pipelines.transforms import METRICS_NAMESPACE, AttributeCounts, PlayCounts
 
 __all__ = [
+    "DEFAULT_CANDIDATE_BITS",
     "DEFAULT_SHARDS",
     "FINAL_LEDGER_DIR",
+    "ArchiveReads",
     "FirstCopiesInPeriod",
     "Period",
     "ReadArchiveFiles",
@@ -81,10 +94,9 @@ _CONTENT_COLUMNS = ["user_id", "track_id", "played_at", "ms_played", "territory"
 _SHUFFLED_COLUMNS = [name for name in _COLUMNS if name != "event_id"]
 _KEY_COLUMN = "event_key"
 _EVENT_KEY = pa.binary(16)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)  # Fibonacci hashing: spreads similar keys over shards
-# LZ4: a third fewer bytes through the shuffle, for less CPU than the runner spends copying them.
-_IPC_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 _GROUP_COLUMNS = ["track_id", "territory", "product"]
+# Read as Parquet stores them, dictionary-encoded: no string a row to build, and grouped by code.
+_DICTIONARY_COLUMNS = _GROUP_COLUMNS
 _COUNTS_SCHEMA = pa.schema(
     [
         pa.field("track_id", pa.string()),
@@ -94,8 +106,29 @@ _COUNTS_SCHEMA = pa.schema(
         pa.field("streams", pa.int64()),
     ]
 )
-DEFAULT_SHARDS = 64
-"""Shards of the event-id shuffle: each is de-duplicated alone, so each hash table stays small."""
+# Hex digits and dashes, all a canonical UUID holds, have the 0x20 bit set in lower case only.
+_LOWER_CASE = np.uint64(0x2020202020202020)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+DEFAULT_SHARDS = 16
+"""Shards of each event-id shuffle: each is de-duplicated alone, so each sort stays small."""
+DEFAULT_CANDIDATE_BITS = 27
+"""The repeated-id bitmap has 2**27 bits (16 MiB): 500,000 repeated ids mark 0.4 % of the others."""
+
+
+class ArchiveReads(StrEnum):
+    """The two reads of the archive that ``FirstCopiesInPeriod`` takes, as a dict of PCollections."""
+
+    EVENT_IDS = "event_ids"
+    """Tables of the ``event_id`` column alone."""
+    ROWS = "rows"
+    """Tables of every column the recompute needs."""
+
+
+class _SplitOutput(StrEnum):
+    """Branches of ``_SplitCandidatesFn``."""
+
+    COUNTS = "counts"
+    CANDIDATES = "candidates"
 
 
 @dataclass(frozen=True)
@@ -146,24 +179,83 @@ def _counter(name: str) -> Any:
     return Metrics.counter(METRICS_NAMESPACE, name)
 
 
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    """The column as one array; a single chunk as it is (``combine_chunks`` would copy it)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def _id_hashes(event_ids: pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit hash (``uint64``) of each id's lower-case spelling: one for both spellings of a UUID.
+
+    Raises ``ValueError`` unless every id is 36 characters long, as a canonical UUID is.
+    """
+    ids = _one_chunk(event_ids)
+    count = len(ids)
+    if count == 0:
+        return np.empty(0, np.uint64)
+    offsets = np.frombuffer(ids.buffers()[1], np.int32, count + 1, ids.offset * 4)
+    if ids.null_count or not (np.diff(offsets) == 36).all():
+        raise ValueError("event ids must be canonical UUIDs")
+    # 36 bytes an id: four 8-byte words and a 4-byte tail, read where Arrow keeps them.
+    data, start = ids.buffers()[2], int(offsets[0])
+    words = np.ndarray((count, 4), np.uint64, buffer=data, offset=start, strides=(36, 8))
+    tail = np.ndarray((count,), np.uint32, buffer=data, offset=start + 32, strides=(36,))
+    hashes = (tail | np.uint32(0x20202020)).astype(np.uint64)
+    for column in range(4):
+        hashes ^= words[:, column] | _LOWER_CASE
+        hashes *= _GOLDEN
+        hashes ^= hashes >> np.uint64(29)
+    # murmur3's finalizer: every bit of the id reaches every bit of the hash, which picks
+    # the shard (low bits) and the bitmap bit (high bits).
+    hashes ^= hashes >> np.uint64(33)
+    hashes *= np.uint64(0xFF51AFD7ED558CCD)
+    hashes ^= hashes >> np.uint64(33)
+    hashes *= np.uint64(0xC4CEB9FE1A85EC53)
+    hashes ^= hashes >> np.uint64(33)
+    return hashes
+
+
+def _shard_of(hashes: np.ndarray, shards: int) -> np.ndarray:
+    """Each id hash's shard in ``[0, shards)``: copies of one event always share one."""
+    shard: np.ndarray = (hashes % np.uint64(shards)).astype(np.uint16)
+    return shard
+
+
+def _shard_runs(shard: np.ndarray, shards: int) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """The order that sorts rows by shard, and ``(shard, start, stop)`` of each non-empty run in it."""
+    order = np.argsort(shard, kind="stable")
+    sizes = np.bincount(shard, minlength=shards)
+    stops = np.cumsum(sizes)
+    return order, [
+        (int(number), int(stops[number] - sizes[number]), int(stops[number]))
+        for number in np.flatnonzero(sizes)
+    ]
+
+
+def _bit_numbers(hashes: np.ndarray, bits: int) -> np.ndarray:
+    bit_numbers: np.ndarray = hashes >> np.uint64(64 - bits)
+    return bit_numbers
+
+
+def _marked(hashes: np.ndarray, bitmap: bytes, bits: int) -> np.ndarray:
+    """Whether each hash's bit is set in ``bitmap``."""
+    numbers = _bit_numbers(hashes, bits)
+    flags = np.frombuffer(bitmap, np.uint8)
+    bytes_of = flags[numbers >> np.uint64(3)]
+    marked: np.ndarray = np.bitwise_and(bytes_of >> (numbers & np.uint64(7)).astype(np.uint8), 1).astype(bool)
+    return marked
+
+
 def _event_keys(event_ids: pa.ChunkedArray) -> pa.Array:
     """Canonical UUID strings → their 16 bytes as a fixed-width column, as the streaming dedup keys them."""
     keys = event_keys(event_ids)
     return pa.FixedSizeBinaryArray.from_buffers(_EVENT_KEY, len(keys), [None, pa.py_buffer(keys)])
 
 
-def _shard_numbers(keys: pa.Array, shards: int) -> np.ndarray:
-    """Each key's shard in ``[0, shards)``: equal keys always share one."""
-    halves = np.frombuffer(keys.buffers()[1], np.uint64, len(keys) * 2, keys.offset * 16).reshape(-1, 2)
-    # Both halves: v1 and v7 UUIDs keep their varying bits in different ones.
-    mixed = halves[:, 0] ^ halves[:, 1]
-    mixed *= _GOLDEN
-    return ((mixed >> np.uint64(32)) % np.uint64(shards)).astype(np.uint16)
-
-
 def _to_ipc(table: pa.Table) -> bytes:
+    # Uncompressed: with only the rows of repeated ids to ship, LZ4 costs more than the copies it saves.
     sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema, options=_IPC_OPTIONS) as writer:
+    with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return bytes(sink.getvalue())
 
@@ -172,37 +264,121 @@ def _from_ipc(payloads: Iterable[bytes]) -> pa.Table:
     return pa.concat_tables(pa.ipc.open_stream(payload).read_all() for payload in payloads)
 
 
-class _ShardFn(beam.DoFn):
-    """A table of archived rows → ``(shard, rows of that shard)``, so each shard sees all copies of an id.
+def _decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A dictionary-encoded column as plain values; any other as it is."""
+    if pa.types.is_dictionary(column.type):
+        return column.cast(column.type.value_type)
+    return column
 
-    The string ``event_id`` is replaced by its 16 UUID bytes (``ValueError`` if an id is
-    no canonical UUID: the archive holds validated events only, so that means damage),
-    and rows cross the shuffle as Arrow IPC bytes: compact, and cheap to write and read.
-    """
+
+def _in_period(received: pa.ChunkedArray, period: Period) -> np.ndarray:
+    start = pa.scalar(period.start, type=received.type)
+    end = pa.scalar(period.end, type=received.type)
+    inside: np.ndarray = (
+        pc.and_(pc.greater_equal(received, start), pc.less(received, end)).fill_null(False).to_numpy()
+    )
+    return inside
+
+
+class _ShardIdHashesFn(beam.DoFn):
+    """A table of event ids → ``(shard, their hashes as uint64 bytes)``: 8 bytes a row to shuffle."""
 
     def __init__(self, shards: int) -> None:
         self.shards = shards
-        self.read = _counter("archived_rows_read")
 
     def process(self, table: pa.Table) -> Iterator[tuple[int, bytes]]:
+        hashes = _id_hashes(table["event_id"])
+        order, runs = _shard_runs(_shard_of(hashes, self.shards), self.shards)
+        ordered = hashes[order]
+        for number, start, stop in runs:
+            yield number, ordered[start:stop].tobytes()
+
+
+def _repeated_hashes(shard_hashes: tuple[int, Iterable[bytes]]) -> Iterator[bytes]:
+    """Every id hash of one shard → those seen more than once, as uint64 bytes."""
+    _, payloads = shard_hashes
+    hashes = np.sort(np.frombuffer(b"".join(payloads), np.uint64))
+    repeated = hashes[1:][hashes[1:] == hashes[:-1]]
+    if len(repeated):
+        yield np.unique(repeated).tobytes()
+
+
+class _RepeatedIdBitmap(beam.CombineFn):
+    """Hashes of repeated ids (uint64 bytes) → a bitmap of ``2**bits`` bits, each hash's bit set.
+
+    The accumulator is the bitmap itself, so memory stays ``2**bits / 8`` bytes however
+    many ids repeat.
+    """
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+
+    def create_accumulator(self) -> np.ndarray:
+        return np.zeros(2**self.bits // 8, np.uint8)
+
+    def add_input(self, flags: np.ndarray, hashes: bytes) -> np.ndarray:
+        numbers = _bit_numbers(np.frombuffer(hashes, np.uint64), self.bits)
+        np.bitwise_or.at(
+            flags, numbers >> np.uint64(3), np.left_shift(1, numbers & np.uint64(7)).astype(np.uint8)
+        )
+        return flags
+
+    def merge_accumulators(self, accumulators: Iterable[np.ndarray]) -> np.ndarray:
+        merged: np.ndarray | None = None
+        for flags in accumulators:
+            merged = flags if merged is None else np.bitwise_or(merged, flags, out=merged)
+        return self.create_accumulator() if merged is None else merged
+
+    def extract_output(self, flags: np.ndarray) -> bytes:
+        return flags.tobytes()
+
+
+class _SplitCandidatesFn(beam.DoFn):
+    """A table of archived rows → counts of its rows whose id occurs once, and the other rows by shard.
+
+    A row whose id hash has no bit in the bitmap is the only copy of its event in all
+    that was read: counted here if received in the period. Every other row (all copies of
+    repeated ids, and the few whose bit another id set) goes to ``CANDIDATES`` as
+    ``(shard, Arrow IPC bytes)``, keyed by its 16 UUID bytes (``ValueError`` if its id is
+    no canonical UUID: the archive holds validated events only, so that means damage).
+    """
+
+    def __init__(self, period: Period, min_stream_ms: int, shards: int, candidate_bits: int) -> None:
+        self.period = period
+        self.min_stream_ms = min_stream_ms
+        self.shards = shards
+        self.candidate_bits = candidate_bits
+        self.read = _counter("archived_rows_read")
+        self.unique = _counter("events_unique")
+
+    def process(self, table: pa.Table, bitmap: bytes) -> Iterator[Any]:
         self.read.inc(table.num_rows)
         if table.num_rows == 0:
             return
-        keys = _event_keys(table["event_id"])
-        rows = table.select(_SHUFFLED_COLUMNS).append_column(_KEY_COLUMN, keys)
-        shard = _shard_numbers(keys, self.shards)
-        order = np.argsort(shard, kind="stable")
-        ends = np.cumsum(np.bincount(shard, minlength=self.shards))
-        rows = rows.take(order)
-        start = 0
-        for number, end in enumerate(ends.tolist()):
-            if end > start:
-                yield number, _to_ipc(rows.slice(start, end - start))
-            start = end
+        hashes = _id_hashes(table["event_id"])
+        candidate = _marked(hashes, bitmap, self.candidate_bits)
+        counted = ~candidate & _in_period(table["received_at"], self.period)
+        self.unique.inc(int(np.count_nonzero(counted)))
+        yield _count_plays(table, counted, self.min_stream_ms)
+        positions = np.flatnonzero(candidate)
+        if len(positions) == 0:
+            return
+        # One reorder by shard, then a slice per shard.
+        order, runs = _shard_runs(_shard_of(hashes[positions], self.shards), self.shards)
+        rows = table.take(positions[order])
+        # Plain strings: each shard's message would otherwise carry every column's whole dictionary.
+        rows = pa.table(
+            [*(_decoded(rows[name]) for name in _SHUFFLED_COLUMNS), _event_keys(rows["event_id"])],
+            names=[*_SHUFFLED_COLUMNS, _KEY_COLUMN],
+        )
+        for number, start, stop in runs:
+            yield pvalue.TaggedOutput(
+                _SplitOutput.CANDIDATES.value, (number, _to_ipc(rows.slice(start, stop - start)))
+            )
 
 
 class _CountFirstCopiesFn(beam.DoFn):
-    """All rows of one shard → plays and streams per group of the first copies received in the period."""
+    """One shard's candidate rows → plays and streams per group of the first copies received in the period."""
 
     def __init__(self, period: Period, min_stream_ms: int) -> None:
         self.period = period
@@ -216,11 +392,7 @@ class _CountFirstCopiesFn(beam.DoFn):
         rows = _from_ipc(payloads)
         if rows.num_rows == 0:
             return
-        received = rows["received_at"]
-        start = pa.scalar(self.period.start, type=received.type)
-        end = pa.scalar(self.period.end, type=received.type)
-        in_period = pc.and_(pc.greater_equal(received, start), pc.less(received, end))
-        counted = self._first_copies(rows) & in_period.fill_null(False).to_numpy()
+        counted = self._first_copies(rows) & _in_period(rows["received_at"], self.period)
         self.unique.inc(int(np.count_nonzero(counted)))
         yield _count_plays(rows, counted, self.min_stream_ms)
 
@@ -263,17 +435,22 @@ class _CountFirstCopiesFn(beam.DoFn):
 
 
 def _count_plays(rows: pa.Table, counted: np.ndarray, min_stream_ms: int) -> pa.Table:
-    """Plays and streams per (track_id, territory, product) among the rows marked ``counted``."""
+    """Plays and streams per (track_id, territory, product) among the rows marked ``counted``.
+
+    The group columns may be dictionary-encoded (grouped by code); the counts are plain strings.
+    """
     is_stream = pc.greater_equal(rows["ms_played"], min_stream_ms).fill_null(False).to_numpy()
     summed = (
+        # One dictionary per column across chunks: Arrow groups by codes only within one.
         rows.select(_GROUP_COLUMNS)
+        .unify_dictionaries()
         .append_column("plays", pa.array(counted.astype(np.int64)))
         .append_column("streams", pa.array((counted & is_stream).astype(np.int64)))
         .group_by(_GROUP_COLUMNS)
         .aggregate([("plays", "sum"), ("streams", "sum")])
     )
     counts = pa.table(
-        [*(summed[name] for name in _GROUP_COLUMNS), summed["plays_sum"], summed["streams_sum"]],
+        [*(_decoded(summed[name]) for name in _GROUP_COLUMNS), summed["plays_sum"], summed["streams_sum"]],
         schema=_COUNTS_SCHEMA,
     )
     return counts.filter(pc.greater(counts["plays"], 0))
@@ -324,32 +501,62 @@ def _play_counts(counts: pa.Table) -> PlayCounts:
 
 
 class FirstCopiesInPeriod(beam.PTransform):
-    """Archived row tables → plays counted per group, each event id counted once, exactly.
+    """The archive's two reads (``ArchiveReads``) → plays counted per group, each event id once, exactly.
 
     The first received copy of an ``event_id`` counts (ids that differ only in letter
     case are one event; ties broken by message id), and only if it was received in
     ``period``; later copies are duplicates, and a later copy with different content is
-    also a conflict. Rows are shuffled into ``shards`` by event id; the counts of every
-    shard are summed into one ``PlayCounts``: ``(plays, streams)`` per (track_id, territory, product).
+    also a conflict. Ids seen once are counted where they are read; the rows of the others
+    are shuffled into ``shards`` by event id (which ids repeat is found first, by a shuffle
+    of id hashes into as many shards and a bitmap of ``2**candidate_bits`` bits). The
+    counts are summed into one ``PlayCounts``: ``(plays, streams)`` per (track_id,
+    territory, product).
+
+    Ids must be canonical UUIDs, as the archiver validated them: one of another length
+    fails the recompute (``ValueError``), and so does one of 36 characters that is no
+    UUID if it has a copy (an id seen once is only hashed, never decoded).
     """
 
-    def __init__(self, period: Period, min_stream_ms: int, shards: int = DEFAULT_SHARDS) -> None:
+    def __init__(
+        self,
+        period: Period,
+        min_stream_ms: int,
+        shards: int = DEFAULT_SHARDS,
+        candidate_bits: int = DEFAULT_CANDIDATE_BITS,
+    ) -> None:
         super().__init__()
         if min_stream_ms < 0:
             raise ValueError("min_stream_ms must not be negative")
         if not 1 <= shards <= 65_536:
             raise ValueError("shards must be between 1 and 65,536")
+        if not 3 <= candidate_bits <= 32:
+            raise ValueError("candidate_bits must be between 3 and 32")
         self.period = period
         self.min_stream_ms = min_stream_ms
         self.shards = shards
+        self.candidate_bits = candidate_bits
 
-    def expand(self, tables: beam.PCollection) -> beam.PCollection:
-        return (
-            tables
-            | "ShardByEventId" >> beam.ParDo(_ShardFn(self.shards))
+    def expand(self, archive: dict[str, beam.PCollection]) -> beam.PCollection:
+        repeated_ids = (
+            archive[ArchiveReads.EVENT_IDS]
+            | "ShardIdHashes" >> beam.ParDo(_ShardIdHashesFn(self.shards))
+            | "GatherIdHashes" >> beam.GroupByKey()
+            | "RepeatedIds" >> beam.FlatMap(_repeated_hashes).with_output_types(bytes)
+            | "MarkRepeatedIds" >> beam.CombineGlobally(_RepeatedIdBitmap(self.candidate_bits))
+        )
+        split = archive[ArchiveReads.ROWS] | "SplitCandidates" >> beam.ParDo(
+            _SplitCandidatesFn(self.period, self.min_stream_ms, self.shards, self.candidate_bits),
+            pvalue.AsSingleton(repeated_ids),
+        ).with_outputs(_SplitOutput.CANDIDATES.value, main=_SplitOutput.COUNTS.value)
+        candidate_counts = (
+            split[_SplitOutput.CANDIDATES.value]
             | "GatherShard" >> beam.GroupByKey()
             | "CountFirstCopies"
             >> beam.ParDo(_CountFirstCopiesFn(self.period, self.min_stream_ms)).with_output_types(pa.Table)
+        )
+        return (
+            (split[_SplitOutput.COUNTS.value], candidate_counts)
+            | "AllCounts" >> beam.Flatten()
             | "SumCounts" >> beam.CombineGlobally(SumCountTables()).without_defaults()
             | "AsPlayCounts" >> beam.Map(_play_counts)
         )
@@ -408,10 +615,10 @@ def build(
     config: PipelineConfig,
     period: Period,
 ) -> beam.PCollection:
-    """Wire the batch recompute onto ``p``: ``source`` yields Arrow tables of archived rows."""
+    """Wire the batch recompute onto ``p``: ``source`` gives the archive's ``ArchiveReads``, Arrow tables."""
     catalog = Catalog.load(config.catalog_dir)
-    tables = p | "ReadArchive" >> source
-    counts = tables | "FirstCopiesInPeriod" >> FirstCopiesInPeriod(period, config.min_stream_ms)
+    archive = p | "ReadArchive" >> source
+    counts = archive | "FirstCopiesInPeriod" >> FirstCopiesInPeriod(period, config.min_stream_ms)
     catalog_view = beam.pvalue.AsSingleton(p | "LoadCatalog" >> beam.Create([catalog]))
     ledger_rows = counts | "AttributeCounts" >> AttributeCounts(catalog_view, (period.start, period.end))
     if sink is not None:
@@ -419,19 +626,46 @@ def build(
     return ledger_rows
 
 
+class _ReadRowGroupsFn(beam.DoFn):
+    """An archive file → one Arrow table per row group, of ``columns``.
+
+    ``dictionary_columns`` come dictionary-encoded, as Parquet stores them: no string per
+    row to build, and a group-by over their codes instead of their text.
+    """
+
+    def __init__(self, columns: Sequence[str], dictionary_columns: Sequence[str] = ()) -> None:
+        self.columns = list(columns)
+        self.dictionary_columns = list(dictionary_columns)
+
+    def process(self, path: str) -> Iterator[pa.Table]:
+        with FileSystems.open(path) as handle:
+            parquet = pq.ParquetFile(handle, read_dictionary=self.dictionary_columns)
+            for index in range(parquet.num_row_groups):
+                yield parquet.read_row_group(index, columns=self.columns)
+
+
 class ReadArchiveFiles(beam.PTransform):
-    """The given archive files as Arrow tables (one per row group)."""
+    """The given archive files, read twice: their event ids, then the rows the recompute counts.
+
+    Both as Arrow tables, one per row group, in a dict keyed by ``ArchiveReads``: the ids
+    alone tell ``FirstCopiesInPeriod`` which rows need a shuffle at all.
+    """
 
     def __init__(self, files: Sequence[str]) -> None:
         super().__init__()
         self.files = list(files)
 
-    def expand(self, p: beam.pvalue.PBegin) -> beam.PCollection:
-        return (
-            p
-            | "ListFiles" >> beam.Create(self.files)
-            | "ReadParquet" >> ReadAllFromParquetBatched(columns=_COLUMNS).with_output_types(pa.Table)
-        )
+    def expand(self, p: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
+        # One listing per read: a step waiting for the ids' result must not share a stage with their read.
+        return {
+            ArchiveReads.EVENT_IDS: p
+            | "ListFilesForIds" >> beam.Create(self.files)
+            | "ReadEventIds" >> beam.ParDo(_ReadRowGroupsFn(["event_id"])).with_output_types(pa.Table),
+            ArchiveReads.ROWS: p
+            | "ListFilesForRows" >> beam.Create(self.files)
+            | "ReadRows"
+            >> beam.ParDo(_ReadRowGroupsFn(_COLUMNS, _DICTIONARY_COLUMNS)).with_output_types(pa.Table),
+        }
 
 
 def run(argv: Sequence[str] | None = None) -> int:

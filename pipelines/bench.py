@@ -210,7 +210,9 @@ def bench_batch(events: int, rows_per_file: int, console: Console) -> tuple[floa
     """(batch pipeline events/s, DuckDB events/s) on the same archive files.
 
     Both must count the same plays and streams per (track, territory, product), or this
-    raises ``RuntimeError``: a fast wrong answer is no result.
+    raises ``RuntimeError``: a fast wrong answer is no result. Both may use every core:
+    DuckDB runs with its default of a thread per core; the pipeline runs on the
+    FnApiRunner's one worker, whose Parquet reads use Arrow's pool of a thread per core.
     """
     end = START + dt.timedelta(hours=1)
     with tempfile.TemporaryDirectory() as data:

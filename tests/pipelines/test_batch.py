@@ -12,11 +12,14 @@ from typing import Any
 import apache_beam as beam
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineResult
 from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 from sample_plays import EPOCH, message, play
 
@@ -24,7 +27,11 @@ from ledger.catalog import DEFAULT_CATALOG_DIR, Catalog
 from ledger.tables import partition_name
 from ledger.views import open_ledger, run_sql
 from pipelines.batch import (
+    DEFAULT_CANDIDATE_BITS,
+    DEFAULT_SHARDS,
     FINAL_LEDGER_DIR,
+    ArchiveReads,
+    FirstCopiesInPeriod,
     Period,
     ReadArchiveFiles,
     WriteFinalLedger,
@@ -34,6 +41,7 @@ from pipelines.batch import (
 from pipelines.config import PipelineConfig
 from pipelines.streaming import build as build_streaming
 from pipelines.streaming import parquet_sinks
+from pipelines.transforms import PlayCounts
 
 PERIOD_SECONDS = 60
 BASE = int(EPOCH.timestamp())
@@ -47,7 +55,7 @@ def archive_rows(copies: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def write_archive(data_dir: Path, copies: list[dict[str, Any]]) -> None:
+def write_archive(data_dir: Path, copies: list[dict[str, Any]], row_group_size: int | None = None) -> None:
     """Hourly buckets by receive time, as ``hour=YYYYMMDDTHHMMSSZ/part-*.parquet``."""
     by_hour: dict[dt.datetime, list[dict[str, Any]]] = {}
     for row in archive_rows(copies):
@@ -55,7 +63,17 @@ def write_archive(data_dir: Path, copies: list[dict[str, Any]]) -> None:
     for hour, rows in by_hour.items():
         folder = data_dir / "archive" / partition_name("hour", hour)
         folder.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(rows), folder / f"part-{uuid.uuid4().hex}.parquet")
+        path = folder / f"part-{uuid.uuid4().hex}.parquet"
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=row_group_size)
+
+
+def totals_of(result: PipelineResult) -> dict[str, int]:
+    """The pipeline's playledger counters, summed over steps."""
+    counters = result.metrics().query(MetricsFilter().with_namespace("playledger"))["counters"]
+    totals: Counter[str] = Counter()
+    for counter in counters:
+        totals[counter.key.metric.name] += counter.committed
+    return dict(totals)
 
 
 def recompute(data_dir: Path, config: PipelineConfig, period: Period) -> dict[str, int]:
@@ -70,11 +88,7 @@ def recompute(data_dir: Path, config: PipelineConfig, period: Period) -> dict[st
     )
     result = pipeline.run()
     result.wait_until_finish()
-    counters = result.metrics().query(MetricsFilter().with_namespace("playledger"))["counters"]
-    totals: Counter[str] = Counter()
-    for counter in counters:
-        totals[counter.key.metric.name] += counter.committed
-    return dict(totals)
+    return totals_of(result)
 
 
 def test_first_copies_conflicts_and_period_bounds(tmp_path: Path) -> None:
@@ -119,7 +133,8 @@ def test_ids_that_differ_only_in_letter_case_are_one_event(tmp_path: Path) -> No
     mixed_retry = dict(
         mixed, event_id=mixed["event_id"].swapcase(), received_at=EPOCH + dt.timedelta(seconds=40)
     )
-    write_archive(tmp_path, [lower, lower_retry, upper, upper_conflict, mixed, mixed_retry])
+    # Row groups of two rows: each is a table of its own, as a large file's are.
+    write_archive(tmp_path, [lower, lower_retry, upper, upper_conflict, mixed, mixed_retry], row_group_size=2)
     config = PipelineConfig(period_seconds=PERIOD_SECONDS, early_firing_seconds=5)
     totals = recompute(tmp_path, config, Period(EPOCH, EPOCH + dt.timedelta(seconds=PERIOD_SECONDS)))
     assert totals["events_unique"] == 3
@@ -128,6 +143,91 @@ def test_ids_that_differ_only_in_letter_case_are_one_event(tmp_path: Path) -> No
     holders = len(catalog.splits_for(track) or ())
     rows = run_sql(open_ledger(tmp_path), "SELECT sum(plays), sum(streams) FROM ledger_final").rows
     assert rows == [(3 * holders, 2 * holders)]  # the upper-case first copy was short: no stream
+
+
+def first_copy_counts(copies: list[dict[str, Any]], period: Period, min_stream_ms: int) -> PlayCounts:
+    """The contract, one copy at a time: the first received copy of an id (in any case) counts."""
+    first: dict[str, dict[str, Any]] = {}
+    for row in sorted(archive_rows(copies), key=lambda row: (row["received_at"], row["message_id"])):
+        first.setdefault(row["event_id"].lower(), row)
+    counts: PlayCounts = {}
+    for row in first.values():
+        if period.start <= row["received_at"] < period.end:
+            group = (row["track_id"], row["territory"], row["product"])
+            plays, streams = counts.get(group, (0, 0))
+            counts[group] = (plays + 1, streams + (row["ms_played"] >= min_stream_ms))
+    return counts
+
+
+def as_read(table: pa.Table) -> pa.Table:
+    """``table`` as a read may give it: group columns dictionary-encoded, a dictionary a chunk."""
+    middle = table.num_rows // 2
+    halves = [table.slice(0, middle), table.slice(middle)]
+    for name in ("track_id", "territory", "product"):
+        halves = [
+            half.set_column(half.schema.get_field_index(name), name, pc.dictionary_encode(half[name]))
+            for half in halves
+        ]
+    return pa.concat_tables(halves)
+
+
+@pytest.mark.parametrize(
+    ("shards", "candidate_bits"), [(DEFAULT_SHARDS, DEFAULT_CANDIDATE_BITS), (3, 3), (1, 3)]
+)
+def test_first_copies_are_exact_however_many_rows_are_candidates(shards: int, candidate_bits: int) -> None:
+    # 2**3 bitmap bits: nearly every id seen once shares a bit with a repeated one, and is
+    # shuffled as a candidate; the counts must not change.
+    copies, _ = generated_copies(seed=5)
+    retries = [
+        index
+        for index in range(1, len(copies))
+        if copies[index]["event_id"] in {c["event_id"] for c in copies[:index]}
+    ]
+    for number, index in enumerate(retries):
+        if number % 3 == 0:
+            copies[index] = dict(copies[index], event_id=copies[index]["event_id"].upper())
+        if number % 4 == 0:
+            copies[index] = dict(copies[index], ms_played=copies[index]["ms_played"] + 1)  # a conflict
+    rows = pa.Table.from_pylist(archive_rows(copies))
+    tables = [as_read(rows.slice(start, 97)) for start in range(0, rows.num_rows, 97)]
+    period = Period(EPOCH, EPOCH + dt.timedelta(seconds=PERIOD_SECONDS))
+    expected = first_copy_counts(copies, period, 30_000)
+    pipeline = beam.Pipeline(options=PipelineOptions(runner="FnApiRunner"))
+    archive = {
+        ArchiveReads.EVENT_IDS: pipeline
+        | "Ids" >> beam.Create([table.select(["event_id"]) for table in tables]),
+        ArchiveReads.ROWS: pipeline | "Rows" >> beam.Create(tables),
+    }
+    counts = archive | FirstCopiesInPeriod(period, 30_000, shards=shards, candidate_bits=candidate_bits)
+    assert_that(counts, equal_to([expected]))
+    result = pipeline.run()
+    result.wait_until_finish()
+    totals = totals_of(result)
+    assert totals["events_unique"] == sum(plays for plays, _ in expected.values())
+    assert totals["events_duplicate"] == len(retries)
+    assert totals["events_conflict"] == len(retries[::4])
+
+
+def test_an_id_that_is_no_uuid_fails_the_recompute() -> None:
+    rows = pa.Table.from_pylist(archive_rows([play(event_id="not-a-uuid")]))
+    pipeline = beam.Pipeline(options=PipelineOptions(runner="FnApiRunner"))
+    archive = {
+        ArchiveReads.EVENT_IDS: pipeline | "Ids" >> beam.Create([rows.select(["event_id"])]),
+        ArchiveReads.ROWS: pipeline | "Rows" >> beam.Create([rows]),
+    }
+    _ = archive | FirstCopiesInPeriod(Period(EPOCH, EPOCH + dt.timedelta(seconds=PERIOD_SECONDS)), 30_000)
+    with pytest.raises(Exception, match="event ids must be canonical UUIDs"):
+        pipeline.run().wait_until_finish()
+
+
+def test_first_copies_refuses_bad_settings() -> None:
+    period = Period(EPOCH, EPOCH + dt.timedelta(seconds=PERIOD_SECONDS))
+    with pytest.raises(ValueError, match="shards"):
+        FirstCopiesInPeriod(period, 30_000, shards=0)
+    with pytest.raises(ValueError, match="candidate_bits"):
+        FirstCopiesInPeriod(period, 30_000, candidate_bits=2)
+    with pytest.raises(ValueError, match="min_stream_ms"):
+        FirstCopiesInPeriod(period, -1)
 
 
 def test_period_must_start_a_period() -> None:
