@@ -8,19 +8,18 @@ rejected; and it takes the valid bodies clients actually send.
 from __future__ import annotations
 
 import json
-import uuid
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from client_events import play
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from play_strategies import valid_plays
 
 from ingest.batch_decoder import decode_clean_batch
 from ingest.gateway import BodyError, _events_of, _parse_json, read_batch, validate_batch
-from schemas.codec import load_schema
-from schemas.validation import BITRATES_KBPS, CLIENT_FIELDS, MAX_ID_CHARS, MAX_MS_PLAYED
+from schemas.validation import CLIENT_FIELDS, MAX_ID_CHARS, MAX_MS_PLAYED
 
 RECEIVED_AT = datetime(2026, 11, 28, 6, 0, 5, 250_000, tzinfo=UTC)
 MAX_EVENTS = 500
@@ -30,11 +29,6 @@ EQUIVALENCE = settings(
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-
-
-def _symbols(field: str) -> list[str]:
-    [spec] = [f for f in load_schema()["fields"] if f["name"] == field]
-    return list(spec["type"]["symbols"])
 
 
 def full_path(body: bytes) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
@@ -70,49 +64,6 @@ def body_of(events: list[Any], ascii_only: bool = True) -> bytes:
 
 
 # ---- the plays clients send ---------------------------------------------------------------
-
-offsets = st.sampled_from(
-    [
-        UTC,
-        timezone(timedelta(hours=1)),
-        timezone(timedelta(hours=-7)),
-        timezone(timedelta(hours=5, minutes=30)),
-    ]
-)
-
-
-@st.composite
-def rfc3339(draw: st.DrawFn) -> str:
-    moment = draw(st.datetimes(datetime(2000, 1, 1), datetime(2099, 12, 31), timezones=offsets))
-    text = moment.isoformat()
-    if draw(st.booleans()):
-        text = text.replace("+00:00", "Z")
-    return text.lower() if draw(st.integers(0, 9)) == 0 else text
-
-
-identifiers = st.text(min_size=1, max_size=MAX_ID_CHARS).filter(lambda text: bool(text.strip()))
-
-
-@st.composite
-def valid_plays(draw: st.DrawFn) -> dict[str, Any]:
-    event_id = str(uuid.UUID(int=draw(st.integers(0, 2**128 - 1))))
-    event: dict[str, Any] = {
-        "event_id": event_id.upper() if draw(st.booleans()) else event_id,
-        "user_id": draw(identifiers),
-        "track_id": draw(identifiers),
-        "played_at": draw(rfc3339()),
-        "ms_played": draw(st.integers(0, MAX_MS_PLAYED)),
-        "territory": draw(st.sampled_from(["SE", "US", "GB", "BR", "JP", "AX", "ZW"])),
-        "product": draw(st.sampled_from(_symbols("product"))),
-        "context": draw(st.sampled_from(_symbols("context"))),
-        "bitrate_kbps": draw(st.sampled_from(sorted(BITRATES_KBPS))),
-        "offline": draw(st.booleans()),
-    }
-    device = draw(st.sampled_from(["absent", "null", "text"]))
-    if device != "absent":
-        event["device"] = None if device == "null" else draw(st.text(max_size=MAX_ID_CHARS))
-    return event
-
 
 # ---- the plays the contract rejects, some only just -----------------------------------------
 

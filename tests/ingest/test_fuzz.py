@@ -20,21 +20,21 @@ import json
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import google.cloud.pubsub_v1 as pubsub_v1
+import play_strategies
 import pytest
 from gateway_client import AUTH, call, pull_event_ids, receipts, settings_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from play_strategies import CONTEXTS, PRODUCTS
 from served_gateway import RunningGateway
 
 from ingest.gateway import EventPublisher, create_app
 from ingest.pubsub import PubSubNames
-from schemas.codec import load_schema
-from schemas.validation import BITRATES_KBPS, CLIENT_FIELDS, MAX_ID_CHARS, MAX_MS_PLAYED, parse_rfc3339
+from schemas.validation import BITRATES_KBPS, CLIENT_FIELDS, MAX_MS_PLAYED, parse_rfc3339
 
 pytestmark = pytest.mark.emulator
 
@@ -48,15 +48,7 @@ FUZZ_SETTINGS = settings(
 )
 
 
-def _symbols(field: str) -> list[str]:
-    [spec] = [f for f in load_schema()["fields"] if f["name"] == field]
-    return list(spec["type"]["symbols"])
-
-
 PLACEHOLDER_ID = "00000000-0000-4000-8000-000000000000"
-PRODUCTS = _symbols("product")
-CONTEXTS = _symbols("context")
-TERRITORIES = ["SE", "US", "GB", "BR", "JP", "DE", "NO", "IN", "ZA", "NZ"]
 REQUIRED = [name for name, rule in CLIENT_FIELDS.items() if rule.required]
 ERROR_FIELDS = [*CLIENT_FIELDS, "event", "received_at"]
 
@@ -70,45 +62,11 @@ json_values = st.recursive(
     ),
     max_leaves=8,
 )
-identifiers = st.text(min_size=1, max_size=MAX_ID_CHARS).filter(lambda text: bool(text.strip()))
-offsets = st.sampled_from(
-    [
-        UTC,
-        timezone(timedelta(hours=1)),
-        timezone(timedelta(hours=-7)),
-        timezone(timedelta(hours=5, minutes=30)),
-    ]
-)
 
 
-@st.composite
-def rfc3339(draw: st.DrawFn) -> str:
-    moment = draw(
-        st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31), timezones=offsets)
-    )
-    text = moment.isoformat()
-    return text.replace("+00:00", "Z") if draw(st.booleans()) else text
-
-
-@st.composite
-def valid_plays(draw: st.DrawFn) -> dict[str, Any]:
+def valid_plays() -> st.SearchStrategy[dict[str, Any]]:
     """A play the contract accepts (its event_id is replaced by a fresh one when sent)."""
-    event: dict[str, Any] = {
-        "event_id": PLACEHOLDER_ID,
-        "user_id": draw(identifiers),
-        "track_id": draw(identifiers),
-        "played_at": draw(rfc3339()),
-        "ms_played": draw(st.integers(0, MAX_MS_PLAYED)),
-        "territory": draw(st.sampled_from(TERRITORIES)),
-        "product": draw(st.sampled_from(PRODUCTS)),
-        "context": draw(st.sampled_from(CONTEXTS)),
-        "bitrate_kbps": draw(st.sampled_from(sorted(BITRATES_KBPS))),
-        "offline": draw(st.booleans()),
-    }
-    device = draw(st.sampled_from(["absent", "null", "text"]))
-    if device != "absent":
-        event["device"] = None if device == "null" else draw(st.text(max_size=MAX_ID_CHARS))
-    return event
+    return play_strategies.valid_plays(ids=st.just(PLACEHOLDER_ID))
 
 
 def _not_rfc3339(text: str) -> bool:
