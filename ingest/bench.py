@@ -372,7 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{args.seconds:g} s per phase in {args.rounds} alternating rounds, "
             f"{args.warmup_seconds:g} s warm-up, Pub/Sub at {emulator_host}, {os.cpu_count()} CPUs"
         )
-        print(_line(ceiling, "ceiling (validate + encode + publish, no HTTP)"))
+        print(_line(ceiling, "ceiling (decode + validate + encode + publish, no HTTP)"))
         print(_line(gateway, "gateway (separate process, HTTP over loopback)"))
         print(
             f"ratio to ceiling {ratio:.1%} (target >= {_TARGET_RATIO:.0%}), p99 {gateway.p99_ms:.1f} ms "
