@@ -1,8 +1,9 @@
-"""Play events as Arrow record batches: one message's events travel the pipeline together.
+"""Play events as Arrow record batches: many events travel the pipeline together.
 
 A Pub/Sub message carries up to 500 events; handling them one Python dict at a time
 costs more than the transport does. Here a message becomes one ``pa.RecordBatch`` in
-``PLAY_SCHEMA`` and every per-event step is a column operation:
+``PLAY_SCHEMA`` (and the decode step joins a bundle's batches of one period into one),
+so every per-event step is a column operation:
 
 - ``decode_plays``: Avro → a batch of the valid events + the invalid ones with reasons;
 - ``split_by_period``: one batch per accounting period, so a batch has one event time;
@@ -24,12 +25,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pandas.core.util.hashing import combine_hash_arrays
 
 from ledger.tables import ARCHIVE_SCHEMA
 from schemas.codec import DecodeError, decode_batch, event_field_names
 from schemas.validation import (
     BITRATES_KBPS,
+    CANONICAL_UUID_PATTERN,
     MAX_ID_CHARS,
     MAX_MS_PLAYED,
     check_decoded_event,
@@ -57,7 +58,7 @@ CONTENT_COLUMNS = ("user_id", "track_id", "played_at", "ms_played", "territory",
 """What two copies of one event must agree on (the batch recompute compares the same)."""
 
 _TIMESTAMP_FIELDS = ("played_at", "received_at")
-_UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+_UUID = f"^(?:{CANONICAL_UUID_PATTERN.pattern})$"
 # datetime's range, in microseconds since the epoch: a timestamp outside it is no date.
 _MIN_MICROS = -62_135_596_800_000_000
 _MAX_MICROS = 253_402_300_799_999_999
@@ -196,9 +197,9 @@ def event_keys(event_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def content_fingerprints(batch: pa.RecordBatch) -> np.ndarray:
     """A 64-bit digest (``uint64``) per row of what two copies of an event must agree on.
 
-    pandas' ``hash_array`` (SipHash with a fixed key: the same in every process and
-    release) of the text columns joined into one string per row, combined with the
-    hashes of the two number columns. The user id goes first, prefixed by its length;
+    pandas' ``hash_pandas_object`` (SipHash with a fixed key: the same in every process
+    and release) of three columns: the text columns joined into one string per row, and
+    the two number columns. The user id goes first, prefixed by its length;
     territory and product are codes without the separator; so no two contents join alike.
     """
     text = pc.binary_join_element_wise(
@@ -209,12 +210,14 @@ def content_fingerprints(batch: pa.RecordBatch) -> np.ndarray:
         batch["product"],
         "\x1f",
     )
-    hashes = [
-        pd.util.hash_array(text.to_numpy(zero_copy_only=False), categorize=False),
-        pd.util.hash_array(batch["played_at"].cast(pa.int64()).to_numpy(), categorize=False),
-        pd.util.hash_array(batch["ms_played"].to_numpy(), categorize=False),
-    ]
-    digests: np.ndarray = combine_hash_arrays(iter(hashes), len(hashes))
+    columns = pd.DataFrame(
+        {
+            "text": text.to_numpy(zero_copy_only=False),
+            "played_at": batch["played_at"].cast(pa.int64()).to_numpy(),
+            "ms_played": batch["ms_played"].to_numpy(),
+        }
+    )
+    digests: np.ndarray = pd.util.hash_pandas_object(columns, index=False, categorize=False).to_numpy()
     return digests
 
 
