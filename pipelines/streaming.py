@@ -81,7 +81,7 @@ class Sinks:
 class PipelineOutputs:
     """The named outputs of ``build``, for tests to assert on."""
 
-    ledger_rows: beam.PCollection  # one list of ledger rows per pane
+    ledger_rows: beam.PCollection  # one table of ledger rows (LEDGER_SCHEMA) per pane
     dead_letters: beam.PCollection
     duplicates: beam.PCollection  # batches of later copies (pa.RecordBatch)
     counters: beam.PCollection

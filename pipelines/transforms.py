@@ -8,8 +8,9 @@ dead-letter output and a counter per branch, so reconciliation can balance them:
                                                               └─ conflicts (dead letters)
     AggregateLedger: window by received_at ─ CountPlays ─ AttributeCounts ─ ledger rows
 
-Plays travel as Arrow record batches (``pipelines.play_batches``), a message's events
-together, so the per-event work is column operations rather than Python per element.
+Plays travel as Arrow record batches (``pipelines.play_batches``), a bundle's events of
+one period together, so the per-event work is column operations rather than Python per
+element.
 """
 
 from __future__ import annotations
@@ -186,9 +187,9 @@ class DecodePlayMessages(beam.PTransform):
 
     The events of a bundle's messages travel together, in the order they came, one batch
     per accounting period of ``period_seconds`` (and window of the messages), stamped
-    with the earliest ``received_at`` in it; each invalid
-    event and each undecodable message is a dead letter. Heartbeat messages (which keep
-    an idle source moving) are counted and dropped. Returns a tagged result:
+    with the earliest ``received_at`` in it; each invalid event and each undecodable
+    message is a dead letter. Heartbeat messages (which keep an idle source moving) are
+    counted and dropped. Returns a tagged result:
     ``result[DecodeOutput.EVENTS.value]`` and ``result[DecodeOutput.DEAD_LETTERS.value]``.
     """
 
@@ -431,22 +432,6 @@ def combine_per_key(combine_fn: beam.CombineFn) -> beam.PTransform:
     per key and window gives the same panes.
     """
     return LiftedCombinePerKey(combine_fn, (), {})
-
-
-class _SumFn(beam.CombineFn):
-    """Sums integers; an empty pane sums to 0."""
-
-    def create_accumulator(self) -> int:
-        return 0
-
-    def add_input(self, accumulator: int, value: int) -> int:
-        return accumulator + value
-
-    def merge_accumulators(self, accumulators: Iterable[int]) -> int:
-        return sum(accumulators)
-
-    def extract_output(self, accumulator: int) -> int:
-        return accumulator
 
 
 PlayCounts = dict[PlayGroup, tuple[int, int]]
@@ -815,7 +800,7 @@ class CountBranches(beam.PTransform):
             keyed
             | "AllBranches" >> beam.Flatten()
             | "WindowByPeriod" >> append_window(*self.window)
-            | "SumPerCounter" >> combine_per_key(_SumFn())
+            | "SumPerCounter" >> combine_per_key(beam.CombineFn.from_callable(sum))
             | "ToCounterRow" >> beam.ParDo(_ToCounterRowFn())
         )
 
