@@ -56,7 +56,7 @@ from ledger.tables import ARCHIVE_DIR, FINAL_LEDGER_DIR, LEDGER_SCHEMA, partitio
 from pipelines.config import PipelineConfig
 from pipelines.files import write_parquet_atomically
 from pipelines.options import BatchOptions, RoyaltyOptions, options_help
-from pipelines.play_batches import event_keys
+from pipelines.play_batches import ArrowTableCoder, event_keys
 from pipelines.transforms import METRICS_NAMESPACE, AttributeCounts, PlayCounts
 
 __all__ = [
@@ -252,16 +252,13 @@ def _event_keys(event_ids: pa.ChunkedArray) -> pa.Array:
     return pa.FixedSizeBinaryArray.from_buffers(_EVENT_KEY, len(keys), [None, pa.py_buffer(keys)])
 
 
-def _to_ipc(table: pa.Table) -> bytes:
-    # Uncompressed: with only the rows of repeated ids to ship, LZ4 costs more than the copies it saves.
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return bytes(sink.getvalue())
+# Rows cross the shuffles as Arrow IPC bytes, uncompressed: with only the rows of repeated
+# ids to ship, LZ4 costs more than the copies it saves.
+_TABLES = ArrowTableCoder()
 
 
 def _from_ipc(payloads: Iterable[bytes]) -> pa.Table:
-    return pa.concat_tables(pa.ipc.open_stream(payload).read_all() for payload in payloads)
+    return pa.concat_tables(_TABLES.decode(payload) for payload in payloads)
 
 
 def _decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -373,7 +370,7 @@ class _SplitCandidatesFn(beam.DoFn):
         )
         for number, start, stop in runs:
             yield pvalue.TaggedOutput(
-                _SplitOutput.CANDIDATES.value, (number, _to_ipc(rows.slice(start, stop - start)))
+                _SplitOutput.CANDIDATES.value, (number, _TABLES.encode(rows.slice(start, stop - start)))
             )
 
 
@@ -566,7 +563,7 @@ def _tables_by_period(rows: pa.Table) -> Iterator[tuple[str, bytes]]:
     """A table of ledger rows → ``(period partition, its rows as Arrow IPC)`` per period among them."""
     starts = rows["period_start"]
     for start in pc.unique(starts).to_pylist():
-        yield partition_name("period", start), _to_ipc(rows.filter(pc.equal(starts, start)))
+        yield partition_name("period", start), _TABLES.encode(rows.filter(pc.equal(starts, start)))
 
 
 class _WritePeriodFn(beam.DoFn):
