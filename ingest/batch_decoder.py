@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cache
 from typing import Annotated, Any, Literal
 
@@ -36,6 +36,7 @@ from schemas.validation import (
     MAX_MS_PLAYED,
     RFC3339_PATTERN,
     enum_symbols,
+    rfc3339_to_utc,
     territory_codes,
 )
 
@@ -43,15 +44,21 @@ __all__ = ["decode_clean_batch", "prepare_decoder"]
 
 
 def _lines_of(pattern: re.Pattern[str]) -> re.Pattern[str]:
-    """Matches values joined by newlines iff each value fully matches ``pattern``.
-
-    Exact because neither pattern can match a newline: every value must end where the
-    next newline (or the text) does.
-    """
+    """Matches newline-separated lines iff each line fully matches ``pattern`` (which matches no newline)."""
     return re.compile(f"(?:{pattern.pattern})(?:\n(?:{pattern.pattern}))*", pattern.flags)
 
 
-# The contract's own patterns (private to schemas.validation), so there is one of each.
+def _all_match(lines: re.Pattern[str], values: list[str]) -> bool:
+    """Whether every value fully matches, checked in one pass over the values joined by newlines.
+
+    A value that holds a newline itself would split into lines that may each match (two
+    ids in one value), so the text must have exactly one line per value.
+    """
+    text = "\n".join(values)
+    return text.count("\n") == len(values) - 1 and lines.fullmatch(text) is not None
+
+
+# The contract's own patterns, from schemas.validation, so there is one of each.
 _EVENT_IDS = _lines_of(CANONICAL_UUID_PATTERN)
 _TIMESTAMPS = _lines_of(RFC3339_PATTERN)
 
@@ -110,17 +117,16 @@ def decode_clean_batch(body: bytes, received_at: datetime) -> list[dict[str, Any
         return None
     if not plays:
         return []
-    if not _EVENT_IDS.fullmatch("\n".join([play.event_id for play in plays])):
+    if not _all_match(_EVENT_IDS, [play.event_id for play in plays]):
         return None
     for identifiers in ([play.user_id for play in plays], [play.track_id for play in plays]):
         if any(map(str.isspace, identifiers)):
             return None
     played_at_texts = [play.played_at for play in plays]
-    if not _TIMESTAMPS.fullmatch("\n".join(played_at_texts)):
+    if not _all_match(_TIMESTAMPS, played_at_texts):
         return None
     try:
-        # As schemas.validation.parse_rfc3339 converts a value that matched the pattern.
-        played_ats = [datetime.fromisoformat(text.upper()).astimezone(UTC) for text in played_at_texts]
+        played_ats = [rfc3339_to_utc(text) for text in played_at_texts]
     except (ValueError, OverflowError):
         return None
     asdict = msgspec.structs.asdict

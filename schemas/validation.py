@@ -43,6 +43,7 @@ __all__ = [
     "check_decoded_event",
     "enum_symbols",
     "parse_rfc3339",
+    "rfc3339_to_utc",
     "territory_codes",
     "validate_event",
 ]
@@ -126,9 +127,14 @@ def parse_rfc3339(value: object) -> datetime:
             f"2026-11-28T06:00:00Z, got {value[:40]!r}"
         )
     try:
-        return datetime.fromisoformat(value.upper()).astimezone(UTC)
+        return rfc3339_to_utc(value)
     except (ValueError, OverflowError) as error:
         raise FieldError(f"is not a valid date-time: {error}") from None
+
+
+def rfc3339_to_utc(text: str) -> datetime:
+    """A text that matched ``RFC3339_PATTERN`` as aware UTC; ``ValueError``/``OverflowError`` if no date."""
+    return datetime.fromisoformat(text.upper()).astimezone(UTC)
 
 
 def _check_event_id(value: object) -> None:

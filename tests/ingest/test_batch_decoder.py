@@ -63,13 +63,13 @@ def body_of(events: list[Any], ascii_only: bool = True) -> bytes:
     return json.dumps({"events": events}, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
 
 
-# ---- the plays clients send ---------------------------------------------------------------
-
 # ---- the plays the contract rejects, some only just -----------------------------------------
 
 NEAR_MISSES: dict[str, list[Any]] = {
     "event_id": [
         "0b0d8d38-4c3e-4b8a-9a86-5f3f1c4e2a10\n",
+        # Two ids in one value: joined with the others, each line would be a UUID.
+        "0b0d8d38-4c3e-4b8a-9a86-5f3f1c4e2a10\n0b0d8d38-4c3e-4b8a-9a86-5f3f1c4e2a11",
         "0b0d8d38-4c3e-4b8a-9a86-5f3f1c4e2a1",
         "0b0d8d384c3e4b8a9a865f3f1c4e2a10",
         "0b0d8d38-4c3e-4b8a-9a86-5f3f1c4e2a1g",
@@ -92,6 +92,7 @@ NEAR_MISSES: dict[str, list[Any]] = {
     "track_id": ["", "   ", "\u2028", "t" * (MAX_ID_CHARS + 1), "\udfff", ["t"]],
     "played_at": [
         "2026-11-28T07:00:00",
+        "2026-11-28T07:00:00Z\n2026-11-28T07:00:01Z",  # two times in one value
         "2026-11-28 07:00:00Z",
         "2026-11-28T07:00:00+0100",
         "2026-11-28T23:59:60Z",
