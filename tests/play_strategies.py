@@ -8,18 +8,10 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from schemas.codec import load_schema
-from schemas.validation import BITRATES_KBPS, MAX_ID_CHARS, MAX_MS_PLAYED
+from schemas.validation import BITRATES_KBPS, MAX_ID_CHARS, MAX_MS_PLAYED, enum_symbols
 
-
-def symbols(field: str) -> list[str]:
-    """The symbols of one of the schema's enum fields."""
-    [spec] = [f for f in load_schema()["fields"] if f["name"] == field]
-    return list(spec["type"]["symbols"])
-
-
-PRODUCTS = symbols("product")
-CONTEXTS = symbols("context")
+PRODUCTS = list(enum_symbols("product"))
+CONTEXTS = list(enum_symbols("context"))
 TERRITORIES = ["SE", "US", "GB", "BR", "JP", "DE", "NO", "IN", "ZA", "NZ", "AX", "ZW"]
 
 identifiers = st.text(min_size=1, max_size=MAX_ID_CHARS).filter(lambda text: bool(text.strip()))
