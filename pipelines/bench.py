@@ -180,7 +180,9 @@ def _write_archive(data_dir: Path, events: int, seed: int, rows_per_file: int) -
     retried = rng.random(events) < 0.05
     upper = retried & (rng.random(events) < 0.5)
     earlier = np.roll(np.arange(events), 1)
-    ids = pc.if_else(upper, pc.utf8_upper(ids), ids).take(np.where(retried, earlier, np.arange(events)))
+    # A retry copies the previous row's id, then half the retries spell it in upper case.
+    copied = ids.take(np.where(retried, earlier, np.arange(events)))
+    ids = pc.if_else(upper, pc.utf8_upper(copied), copied)
     received = (START.timestamp() * 1e6 + rng.uniform(0, 3600e6, events)).astype("int64")
     numbers = pc.cast(pa.array(rng.integers(0, 10_000, events)), pa.string())
     table = pa.table(
