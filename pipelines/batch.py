@@ -56,7 +56,7 @@ from ledger.tables import ARCHIVE_DIR, FINAL_LEDGER_DIR, LEDGER_SCHEMA, partitio
 from pipelines.config import PipelineConfig
 from pipelines.files import write_parquet_atomically
 from pipelines.options import BatchOptions, RoyaltyOptions, options_help
-from pipelines.play_batches import ArrowTableCoder, event_keys
+from pipelines.play_batches import CANONICAL_UUID_REGEX, ArrowTableCoder, event_keys
 from pipelines.transforms import METRICS_NAMESPACE, AttributeCounts, PlayCounts
 
 __all__ = [
@@ -284,6 +284,11 @@ class _ShardIdHashesFn(beam.DoFn):
         self.shards = shards
 
     def process(self, table: pa.Table) -> Iterator[tuple[int, bytes]]:
+        # Every id is checked here, in the pass that reads them all, so a damaged archive
+        # fails the same way whichever ids the bitmap later makes candidates.
+        canonical = pc.match_substring_regex(table["event_id"], CANONICAL_UUID_REGEX)
+        if table.num_rows and not pc.all(canonical.fill_null(False)).as_py():
+            raise ValueError("event ids must be canonical UUIDs")
         hashes = _id_hashes(table["event_id"])
         order, runs = _shard_runs(_shard_of(hashes, self.shards), self.shards)
         ordered = hashes[order]
@@ -509,9 +514,9 @@ class FirstCopiesInPeriod(beam.PTransform):
     counts are summed into one ``PlayCounts``: ``(plays, streams)`` per (track_id,
     territory, product).
 
-    Ids must be canonical UUIDs, as the archiver validated them: one of another length
-    fails the recompute (``ValueError``), and so does one of 36 characters that is no
-    UUID if it has a copy (an id seen once is only hashed, never decoded).
+    Ids must be canonical UUIDs, as the archiver validated them: any other id fails the
+    recompute (``ValueError``), found when the ids are first read, whether or not it has
+    a copy.
     """
 
     def __init__(

@@ -39,6 +39,7 @@ from schemas.validation import (
 )
 
 __all__ = [
+    "CANONICAL_UUID_REGEX",
     "CONTENT_COLUMNS",
     "PLAY_SCHEMA",
     "ArrowBatchCoder",
@@ -58,7 +59,8 @@ CONTENT_COLUMNS = ("user_id", "track_id", "played_at", "ms_played", "territory",
 """What two copies of one event must agree on (the batch recompute compares the same)."""
 
 _TIMESTAMP_FIELDS = ("played_at", "received_at")
-_UUID = f"^(?:{CANONICAL_UUID_PATTERN.pattern})$"
+CANONICAL_UUID_REGEX = f"^(?:{CANONICAL_UUID_PATTERN.pattern})$"
+"""The contract's UUID rule, anchored, for Arrow's regex kernels."""
 # datetime's range, in microseconds since the epoch: a timestamp outside it is no date.
 _MIN_MICROS = -62_135_596_800_000_000
 _MAX_MICROS = 253_402_300_799_999_999
@@ -107,7 +109,7 @@ def _certainly_valid(batch: pa.RecordBatch) -> np.ndarray:
     ms_played = batch["ms_played"].to_numpy()
     device = batch["device"]
     return (
-        _true(pc.match_substring_regex(batch["event_id"], _UUID))
+        _true(pc.match_substring_regex(batch["event_id"], CANONICAL_UUID_REGEX))
         & _identifier_ok(batch["user_id"])
         & _identifier_ok(batch["track_id"])
         & (ms_played >= 0)

@@ -208,8 +208,12 @@ def test_first_copies_are_exact_however_many_rows_are_candidates(shards: int, ca
     assert totals["events_conflict"] == len(retries[::4])
 
 
-def test_an_id_that_is_no_uuid_fails_the_recompute() -> None:
-    rows = pa.Table.from_pylist(archive_rows([play(event_id="not-a-uuid")]))
+@pytest.mark.parametrize(
+    "bad_id",
+    ["not-a-uuid", "0b0d8d38-4c3e-4b8a-9a86-5f3f1c4e2a1g"],  # the second has a UUID's length, seen once
+)
+def test_an_id_that_is_no_uuid_fails_the_recompute(bad_id: str) -> None:
+    rows = pa.Table.from_pylist(archive_rows([play(), play(event_id=bad_id)]))
     pipeline = beam.Pipeline(options=PipelineOptions(runner="FnApiRunner"))
     archive = {
         ArchiveReads.EVENT_IDS: pipeline | "Ids" >> beam.Create([rows.select(["event_id"])]),
