@@ -38,14 +38,14 @@ from schemas.codec import encode_batch
 
 __all__ = ["MemoryReport", "bench_dedup_memory"]
 
-_PAGE_KIB = 1024
+_BYTES_PER_KB = 1024  # /proc gives VmRSS in kB
 
 
 def resident_bytes() -> int:
     """This process's resident set size (Linux ``/proc``)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * _PAGE_KIB
+            return int(line.split()[1]) * _BYTES_PER_KB
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
@@ -68,11 +68,15 @@ class MemoryReport:
 
         The first 30 s are left out: the runner's own start-up allocations land there.
         """
-        filling = [s for s in self.samples if 30 <= s[0] <= self.horizon_seconds]
+        filling = [
+            (sample[1], held)
+            for sample, held in zip(self.samples, self.remembered, strict=True)
+            if 30 <= sample[0] <= self.horizon_seconds
+        ]
         if len(filling) < 3:
             return float("nan")
-        ids = np.array([s[2] for s in filling], dtype=np.float64)
-        rss = np.array([s[1] for s in filling], dtype=np.float64)
+        rss = np.array([rss for rss, _ in filling], dtype=np.float64)
+        ids = np.array([held for _, held in filling], dtype=np.float64)
         slope, _ = np.polyfit(ids, rss, 1)
         return float(slope)
 
@@ -104,7 +108,8 @@ def _publish_at_rate(
     """Publish ``rate`` plays a second in messages of ``per_message``, a share of them retries.
 
     Runs in a process of its own, so the pipeline's resident memory is measured alone.
-    Retries copy ids from the last ~10 s, well within any horizon the bench uses.
+    Retries copy ids from the last ~10 s, well within any horizon the bench uses. Every
+    publish is awaited before the process ends: one that failed ends it with an error.
     """
     publisher = pubsub_v1.PublisherClient()
     rng = random.Random(1)
@@ -124,6 +129,7 @@ def _publish_at_rate(
     fresh = 0
     interval = per_message / rate
     next_at = time.monotonic()
+    sent = []
     try:
         while not stop.is_set():
             now = dt.datetime.now(dt.UTC)
@@ -142,10 +148,12 @@ def _publish_at_rate(
                     fresh += 1
                 plays.append({**template, "event_id": event_id, "played_at": now, "received_at": now})
             message = encode_batch(plays, uuid.uuid4().hex)
-            publisher.publish(topic, message.data, **message.attributes)
+            sent.append(publisher.publish(topic, message.data, **message.attributes))
             published.value += len(plays)
             next_at += interval
             stop.wait(max(0.0, next_at - time.monotonic()))
+        for future in sent:
+            future.result(timeout=60)
     finally:
         publisher.stop()
 
@@ -202,7 +210,7 @@ def bench_dedup_memory(
         finally:
             stop.set()
             heartbeat.stopped.set()
-            publisher.join(timeout=30)
+            publisher.join(timeout=90)
             report.published, report.retries = published.value, retries.value
             seen = counters(result)
             report.unique = seen.get("events_unique", 0)
@@ -211,7 +219,13 @@ def bench_dedup_memory(
                 "dedup_ids_forgotten", 0
             )
             result.cancel()
+    if publisher.exitcode != 0:
+        raise RuntimeError(f"the load generator failed (exit code {publisher.exitcode}): see its error above")
     return report
+
+
+def _min_max(values: list[int]) -> str:
+    return f"{min(values):,} / {max(values):,}"
 
 
 def describe(report: MemoryReport) -> list[tuple[str, str]]:
@@ -237,6 +251,7 @@ def describe(report: MemoryReport) -> list[tuple[str, str]]:
                 f"{len(steady)} from {steady[0][0] / 60:.1f} min to {steady[-1][0] / 60:.1f} min",
             ),
             ("steady RSS min / max", f"{min(rss) / mib:,.0f} / {max(rss) / mib:,.0f} MiB"),
+            ("ids held once steady, min / max", _min_max(report.remembered[-len(steady) :])),
             ("steady RSS slope", f"{report.steady_slope_mib_per_minute():+.2f} MiB/min"),
         ]
     return rows
