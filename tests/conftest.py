@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -30,13 +30,7 @@ def pubsub_emulator() -> Iterator[str]:
 @pytest.fixture
 def pubsub_names(pubsub_emulator: str) -> PubSubNames:
     """A fresh topic and subscriptions of the contract's shape, private to one test."""
-    suffix = uuid.uuid4().hex[:8]
-    names = PubSubNames(
-        project="local-dev",
-        topic_id=f"play-events-{suffix}",
-        royalties_id=f"royalties-{suffix}",
-        archive_id=f"archive-{suffix}",
-    )
+    names = replace(PubSubNames.scratch("play-events"), project="local-dev")
     ensure_topology(names)
     return names
 
