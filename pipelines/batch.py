@@ -352,6 +352,7 @@ class _SplitCandidatesFn(beam.DoFn):
         self.candidate_bits = candidate_bits
         self.read = _counter("archived_rows_read")
         self.unique = _counter("events_unique")
+        self.shuffled = _counter("archived_rows_shuffled")
 
     def process(self, table: pa.Table, bitmap: bytes) -> Iterator[Any]:
         self.read.inc(table.num_rows)
@@ -363,6 +364,7 @@ class _SplitCandidatesFn(beam.DoFn):
         self.unique.inc(int(np.count_nonzero(counted)))
         yield _count_plays(table, counted, self.min_stream_ms)
         positions = np.flatnonzero(candidate)
+        self.shuffled.inc(len(positions))
         if len(positions) == 0:
             return
         # One reorder by shard, then a slice per shard.

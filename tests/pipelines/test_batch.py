@@ -206,6 +206,13 @@ def test_first_copies_are_exact_however_many_rows_are_candidates(shards: int, ca
     assert totals["events_unique"] == sum(plays for plays, _ in expected.values())
     assert totals["events_duplicate"] == len(retries)
     assert totals["events_conflict"] == len(retries[::4])
+    # Only ids seen more than once (and those sharing a bitmap bit with one) are shuffled.
+    repeats = Counter(copy["event_id"].lower() for copy in copies)
+    rows_of_repeated_ids = sum(count for count in repeats.values() if count > 1)
+    if candidate_bits == DEFAULT_CANDIDATE_BITS:
+        assert totals["archived_rows_shuffled"] == rows_of_repeated_ids
+    else:
+        assert rows_of_repeated_ids <= totals["archived_rows_shuffled"] <= len(copies)
 
 
 @pytest.mark.parametrize(
