@@ -56,7 +56,7 @@ from ledger.tables import ARCHIVE_DIR, FINAL_LEDGER_DIR, LEDGER_SCHEMA, partitio
 from pipelines.config import PipelineConfig
 from pipelines.files import write_parquet_atomically
 from pipelines.options import BatchOptions, RoyaltyOptions, options_help
-from pipelines.play_batches import CANONICAL_UUID_REGEX, ArrowTableCoder, event_keys
+from pipelines.play_batches import CANONICAL_UUID_REGEX, ArrowTableCoder, event_keys, shard_runs
 from pipelines.transforms import METRICS_NAMESPACE, AttributeCounts, PlayCounts
 
 __all__ = [
@@ -221,17 +221,6 @@ def _shard_of(hashes: np.ndarray, shards: int) -> np.ndarray:
     return shard
 
 
-def _shard_runs(shard: np.ndarray, shards: int) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
-    """The order that sorts rows by shard, and ``(shard, start, stop)`` of each non-empty run in it."""
-    order = np.argsort(shard, kind="stable")
-    sizes = np.bincount(shard, minlength=shards)
-    stops = np.cumsum(sizes)
-    return order, [
-        (int(number), int(stops[number] - sizes[number]), int(stops[number]))
-        for number in np.flatnonzero(sizes)
-    ]
-
-
 def _bit_numbers(hashes: np.ndarray, bits: int) -> np.ndarray:
     bit_numbers: np.ndarray = hashes >> np.uint64(64 - bits)
     return bit_numbers
@@ -290,7 +279,7 @@ class _ShardIdHashesFn(beam.DoFn):
         if table.num_rows and not pc.all(canonical.fill_null(False)).as_py():
             raise ValueError("event ids must be canonical UUIDs")
         hashes = _id_hashes(table["event_id"])
-        order, runs = _shard_runs(_shard_of(hashes, self.shards), self.shards)
+        order, runs = shard_runs(_shard_of(hashes, self.shards), self.shards)
         ordered = hashes[order]
         for number, start, stop in runs:
             yield number, ordered[start:stop].tobytes()
@@ -368,7 +357,7 @@ class _SplitCandidatesFn(beam.DoFn):
         if len(positions) == 0:
             return
         # One reorder by shard, then a slice per shard.
-        order, runs = _shard_runs(_shard_of(hashes[positions], self.shards), self.shards)
+        order, runs = shard_runs(_shard_of(hashes[positions], self.shards), self.shards)
         rows = table.take(positions[order])
         # Plain strings: each shard's message would otherwise carry every column's whole dictionary.
         rows = pa.table(

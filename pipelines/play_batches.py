@@ -49,6 +49,7 @@ __all__ = [
     "decode_plays",
     "event_keys",
     "shard_of",
+    "shard_runs",
     "split_by_period",
 ]
 
@@ -227,6 +228,17 @@ def shard_of(keys: np.ndarray, shards: int) -> np.ndarray:
     """Each key's de-duplication shard in ``[0, shards)``: its last 8 bytes modulo ``shards``."""
     low = np.frombuffer(keys.tobytes(), ">u8").reshape(-1, 2)[:, 1] if len(keys) else np.empty(0, ">u8")
     return (low % np.uint64(shards)).astype(np.int64)
+
+
+def shard_runs(shard: np.ndarray, shards: int) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """The order that sorts rows by shard, and ``(shard, start, stop)`` of each non-empty run in it."""
+    order = np.argsort(shard, kind="stable")
+    sizes = np.bincount(shard, minlength=shards)
+    stops = np.cumsum(sizes)
+    return order, [
+        (int(number), int(stops[number] - sizes[number]), int(stops[number]))
+        for number in np.flatnonzero(sizes)
+    ]
 
 
 class ArrowBatchCoder(beam.coders.Coder):

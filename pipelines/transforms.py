@@ -40,7 +40,14 @@ from ledger.allocation import UNMATCHED, attribute_play
 from ledger.catalog import Catalog
 from ledger.tables import LEDGER_SCHEMA, partition_name
 from pipelines.files import write_parquet_atomically
-from pipelines.play_batches import content_fingerprints, decode_plays, event_keys, shard_of, split_by_period
+from pipelines.play_batches import (
+    content_fingerprints,
+    decode_plays,
+    event_keys,
+    shard_of,
+    shard_runs,
+    split_by_period,
+)
 from pipelines.remembered_ids import (
     EXPIRES,
     MAX_CHUNKS,
@@ -215,15 +222,13 @@ class _ShardFn(beam.DoFn):
         if self.shards == 1:
             yield 0, batch
             return
-        shards = shard_of(event_keys(batch["event_id"]), self.shards)
-        if len(shards) and (shards == shards[0]).all():
-            yield int(shards[0]), batch
+        order, runs = shard_runs(shard_of(event_keys(batch["event_id"]), self.shards), self.shards)
+        if len(runs) == 1:
+            yield runs[0][0], batch
             return
-        order = np.argsort(shards, kind="stable")
-        bounds = np.flatnonzero(np.diff(shards[order])) + 1
-        for rows in np.split(order, bounds):
-            if len(rows):
-                yield int(shards[rows[0]]), batch.take(pa.array(rows))
+        ordered = batch.take(pa.array(order))
+        for number, start, stop in runs:
+            yield number, ordered.slice(start, stop - start)
 
 
 PRUNE_SECONDS = 60
@@ -832,7 +837,7 @@ class _WritePaneFn(beam.DoFn):
         ]
         if not tables:
             return  # an empty pane
-        rows = pa.concat_tables(tables).cast(self.schema)
+        rows = pa.concat_tables(tables)  # write_parquet_atomically casts to the schema
         if not rows.num_rows:
             return
         # The runner may give no pane index (the direct runner does not): a random
