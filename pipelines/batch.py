@@ -56,8 +56,15 @@ from ledger.tables import ARCHIVE_DIR, FINAL_LEDGER_DIR, LEDGER_SCHEMA, partitio
 from pipelines.config import PipelineConfig
 from pipelines.files import write_parquet_atomically
 from pipelines.options import BatchOptions, RoyaltyOptions, options_help
-from pipelines.play_batches import CANONICAL_UUID_REGEX, ArrowTableCoder, event_keys, shard_runs
-from pipelines.transforms import METRICS_NAMESPACE, AttributeCounts, PlayCounts
+from pipelines.play_batches import CANONICAL_UUID_REGEX, ArrowTableCoder, event_keys, plain_values, shard_runs
+from pipelines.transforms import (
+    METRICS_NAMESPACE,
+    PLAY_COUNTS_SCHEMA,
+    PLAY_GROUP_COLUMNS,
+    AttributeCounts,
+    count_play_table,
+    play_counts_of,
+)
 
 __all__ = [
     "DEFAULT_CANDIDATE_BITS",
@@ -94,18 +101,8 @@ _CONTENT_COLUMNS = ["user_id", "track_id", "played_at", "ms_played", "territory"
 _SHUFFLED_COLUMNS = [name for name in _COLUMNS if name != "event_id"]
 _KEY_COLUMN = "event_key"
 _EVENT_KEY = pa.binary(16)
-_GROUP_COLUMNS = ["track_id", "territory", "product"]
 # Read as Parquet stores them, dictionary-encoded: no string a row to build, and grouped by code.
-_DICTIONARY_COLUMNS = _GROUP_COLUMNS
-_COUNTS_SCHEMA = pa.schema(
-    [
-        pa.field("track_id", pa.string()),
-        pa.field("territory", pa.string()),
-        pa.field("product", pa.string()),
-        pa.field("plays", pa.int64()),
-        pa.field("streams", pa.int64()),
-    ]
-)
+_DICTIONARY_COLUMNS = PLAY_GROUP_COLUMNS
 # Hex digits and dashes, all a canonical UUID holds, have the 0x20 bit set in lower case only.
 _LOWER_CASE = np.uint64(0x2020202020202020)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -250,13 +247,6 @@ def _from_ipc(payloads: Iterable[bytes]) -> pa.Table:
     return pa.concat_tables(_TABLES.decode(payload) for payload in payloads)
 
 
-def _decoded(column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """A dictionary-encoded column as plain values; any other as it is."""
-    if pa.types.is_dictionary(column.type):
-        return column.cast(column.type.value_type)
-    return column
-
-
 def _in_period(received: pa.ChunkedArray, period: Period) -> np.ndarray:
     start = pa.scalar(period.start, type=received.type)
     end = pa.scalar(period.end, type=received.type)
@@ -351,7 +341,7 @@ class _SplitCandidatesFn(beam.DoFn):
         candidate = _marked(hashes, bitmap, self.candidate_bits)
         counted = ~candidate & _in_period(table["received_at"], self.period)
         self.unique.inc(int(np.count_nonzero(counted)))
-        yield _count_plays(table, counted, self.min_stream_ms)
+        yield count_play_table(table, self.min_stream_ms, counted)
         positions = np.flatnonzero(candidate)
         self.shuffled.inc(len(positions))
         if len(positions) == 0:
@@ -361,7 +351,7 @@ class _SplitCandidatesFn(beam.DoFn):
         rows = table.take(positions[order])
         # Plain strings: each shard's message would otherwise carry every column's whole dictionary.
         rows = pa.table(
-            [*(_decoded(rows[name]) for name in _SHUFFLED_COLUMNS), _event_keys(rows["event_id"])],
+            [*(plain_values(rows[name]) for name in _SHUFFLED_COLUMNS), _event_keys(rows["event_id"])],
             names=[*_SHUFFLED_COLUMNS, _KEY_COLUMN],
         )
         for number, start, stop in runs:
@@ -387,7 +377,7 @@ class _CountFirstCopiesFn(beam.DoFn):
             return
         counted = self._first_copies(rows) & _in_period(rows["received_at"], self.period)
         self.unique.inc(int(np.count_nonzero(counted)))
-        yield _count_plays(rows, counted, self.min_stream_ms)
+        yield count_play_table(rows, self.min_stream_ms, counted)
 
     def _first_copies(self, rows: pa.Table) -> np.ndarray:
         """Whether each row is the first received copy of its event id (ties broken by message id)."""
@@ -427,28 +417,6 @@ class _CountFirstCopiesFn(beam.DoFn):
         self.conflicts.inc(later_copies.num_rows - pc.sum(same).as_py())
 
 
-def _count_plays(rows: pa.Table, counted: np.ndarray, min_stream_ms: int) -> pa.Table:
-    """Plays and streams per (track_id, territory, product) among the rows marked ``counted``.
-
-    The group columns may be dictionary-encoded (grouped by code); the counts are plain strings.
-    """
-    is_stream = pc.greater_equal(rows["ms_played"], min_stream_ms).fill_null(False).to_numpy()
-    summed = (
-        # One dictionary per column across chunks: Arrow groups by codes only within one.
-        rows.select(_GROUP_COLUMNS)
-        .unify_dictionaries()
-        .append_column("plays", pa.array(counted.astype(np.int64)))
-        .append_column("streams", pa.array((counted & is_stream).astype(np.int64)))
-        .group_by(_GROUP_COLUMNS)
-        .aggregate([("plays", "sum"), ("streams", "sum")])
-    )
-    counts = pa.table(
-        [*(_decoded(summed[name]) for name in _GROUP_COLUMNS), summed["plays_sum"], summed["streams_sum"]],
-        schema=_COUNTS_SCHEMA,
-    )
-    return counts.filter(pc.greater(counts["plays"], 0))
-
-
 class SumCountTables(beam.CombineFn):
     """Tables of ``plays`` and ``streams`` per group → one table of their sums per group.
 
@@ -475,22 +443,16 @@ class SumCountTables(beam.CombineFn):
 
 def _sum_counts(tables: Sequence[pa.Table]) -> pa.Table:
     if not tables:
-        return _COUNTS_SCHEMA.empty_table()
+        return PLAY_COUNTS_SCHEMA.empty_table()
     summed = (
-        pa.concat_tables(tables).group_by(_GROUP_COLUMNS).aggregate([("plays", "sum"), ("streams", "sum")])
+        pa.concat_tables(tables)
+        .group_by(PLAY_GROUP_COLUMNS)
+        .aggregate([("plays", "sum"), ("streams", "sum")])
     )
     return pa.table(
-        [*(summed[name] for name in _GROUP_COLUMNS), summed["plays_sum"], summed["streams_sum"]],
-        schema=_COUNTS_SCHEMA,
+        [*(summed[name] for name in PLAY_GROUP_COLUMNS), summed["plays_sum"], summed["streams_sum"]],
+        schema=PLAY_COUNTS_SCHEMA,
     )
-
-
-def _play_counts(counts: pa.Table) -> PlayCounts:
-    columns = [counts[name].to_pylist() for name in _COUNTS_SCHEMA.names]
-    return {
-        (track_id, territory, product): (plays, streams)
-        for track_id, territory, product, plays, streams in zip(*columns, strict=True)
-    }
 
 
 class FirstCopiesInPeriod(beam.PTransform):
@@ -551,7 +513,7 @@ class FirstCopiesInPeriod(beam.PTransform):
             (split[_SplitOutput.COUNTS.value], candidate_counts)
             | "AllCounts" >> beam.Flatten()
             | "SumCounts" >> beam.CombineGlobally(SumCountTables()).without_defaults()
-            | "AsPlayCounts" >> beam.Map(_play_counts)
+            | "AsPlayCounts" >> beam.Map(play_counts_of)
         )
 
 

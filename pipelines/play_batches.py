@@ -48,6 +48,7 @@ __all__ = [
     "content_fingerprints",
     "decode_plays",
     "event_keys",
+    "plain_values",
     "shard_of",
     "shard_runs",
     "split_by_period",
@@ -228,6 +229,13 @@ def shard_of(keys: np.ndarray, shards: int) -> np.ndarray:
     """Each key's de-duplication shard in ``[0, shards)``: its last 8 bytes modulo ``shards``."""
     low = np.frombuffer(keys.tobytes(), ">u8").reshape(-1, 2)[:, 1] if len(keys) else np.empty(0, ">u8")
     return (low % np.uint64(shards)).astype(np.int64)
+
+
+def plain_values(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A dictionary-encoded column as plain values; any other as it is."""
+    if pa.types.is_dictionary(column.type):
+        return column.cast(column.type.value_type)
+    return column
 
 
 def shard_runs(shard: np.ndarray, shards: int) -> tuple[np.ndarray, list[tuple[int, int, int]]]:

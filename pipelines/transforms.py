@@ -44,6 +44,7 @@ from pipelines.play_batches import (
     content_fingerprints,
     decode_plays,
     event_keys,
+    plain_values,
     shard_of,
     shard_runs,
     split_by_period,
@@ -62,6 +63,8 @@ from schemas.codec import ATTR_BATCH_ID, ATTR_KIND, KIND_HEARTBEAT, DecodeError
 
 __all__ = [
     "METRICS_NAMESPACE",
+    "PLAY_COUNTS_SCHEMA",
+    "PLAY_GROUP_COLUMNS",
     "AggregateLedger",
     "AttributeCounts",
     "CountBranches",
@@ -76,9 +79,11 @@ __all__ = [
     "WritePaneFiles",
     "append_window",
     "combine_per_key",
+    "count_play_table",
     "count_plays",
     "dead_letter",
     "event_json",
+    "play_counts_of",
 ]
 
 METRICS_NAMESPACE = "playledger"
@@ -443,24 +448,61 @@ PlayCounts = dict[PlayGroup, tuple[int, int]]
 """``(plays, streams)`` per play group."""
 
 
-def count_plays(plays: pa.RecordBatch | pa.Table, min_stream_ms: int) -> PlayCounts:
-    """Plays and streams per (track, territory, product), counted column-wise in Arrow."""
-    is_stream = pc.cast(pc.greater_equal(plays["ms_played"], min_stream_ms), pa.int64())
-    counted = (
-        pa.table(
-            {
-                "track_id": plays["track_id"],
-                "territory": plays["territory"],
-                "product": plays["product"],
-                "is_stream": is_stream,
-            }
-        )
-        .group_by(["track_id", "territory", "product"], use_threads=False)
-        .aggregate([("is_stream", "count"), ("is_stream", "sum")])
+PLAY_GROUP_COLUMNS = ["track_id", "territory", "product"]
+PLAY_COUNTS_SCHEMA = pa.schema(
+    [
+        *(pa.field(name, pa.string()) for name in PLAY_GROUP_COLUMNS),
+        pa.field("plays", pa.int64()),
+        pa.field("streams", pa.int64()),
+    ]
+)
+"""Plays and streams per play group, as a table (``PLAY_COUNTS_SCHEMA``)."""
+
+
+def count_play_table(
+    plays: pa.RecordBatch | pa.Table, min_stream_ms: int, counted: np.ndarray | None = None
+) -> pa.Table:
+    """Plays and streams per (track, territory, product) among the rows marked ``counted`` (all).
+
+    Counted column-wise in Arrow. The group columns may be dictionary-encoded (grouped by
+    code); the counts are plain strings. Groups with no play counted are left out.
+    """
+    rows = plays if isinstance(plays, pa.Table) else pa.Table.from_batches([plays])
+    if counted is None:
+        counted = np.ones(rows.num_rows, bool)
+    is_stream = pc.greater_equal(rows["ms_played"], min_stream_ms).fill_null(False).to_numpy()
+    summed = (
+        # One dictionary per column across chunks: Arrow groups by codes only within one.
+        rows.select(PLAY_GROUP_COLUMNS)
+        .unify_dictionaries()
+        .append_column("plays", pa.array(counted.astype(np.int64)))
+        .append_column("streams", pa.array((counted & is_stream).astype(np.int64)))
+        .group_by(PLAY_GROUP_COLUMNS, use_threads=False)
+        .aggregate([("plays", "sum"), ("streams", "sum")])
     )
-    columns = [counted[name].to_pylist() for name in ("track_id", "territory", "product")]
-    totals = zip(counted["is_stream_count"].to_pylist(), counted["is_stream_sum"].to_pylist(), strict=True)
-    return dict(zip(zip(*columns, strict=True), totals, strict=True))
+    counts = pa.table(
+        [
+            *(plain_values(summed[name]) for name in PLAY_GROUP_COLUMNS),
+            summed["plays_sum"],
+            summed["streams_sum"],
+        ],
+        schema=PLAY_COUNTS_SCHEMA,
+    )
+    return counts.filter(pc.greater(counts["plays"], 0))
+
+
+def play_counts_of(counts: pa.Table) -> PlayCounts:
+    """A table of ``PLAY_COUNTS_SCHEMA`` as ``PlayCounts``."""
+    columns = [counts[name].to_pylist() for name in PLAY_COUNTS_SCHEMA.names]
+    return {
+        (track_id, territory, product): (plays, streams)
+        for track_id, territory, product, plays, streams in zip(*columns, strict=True)
+    }
+
+
+def count_plays(plays: pa.RecordBatch | pa.Table, min_stream_ms: int) -> PlayCounts:
+    """Plays and streams per (track, territory, product) of every row."""
+    return play_counts_of(count_play_table(plays, min_stream_ms))
 
 
 class _PendingCounts:
