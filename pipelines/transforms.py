@@ -784,7 +784,9 @@ class _ToCounterRowFn(beam.DoFn):
     ) -> Iterator[dict[str, Any]]:
         counter, value = named_count
         if value == 0:
-            return  # an empty pane: nothing counted
+            # An empty pane: nothing counted. (A comment after ``return`` would make
+            # Beam's lint take it for a returned value beside ``yield``.)
+            return
         yield {
             "period_start": window.start.to_utc_datetime(has_tz=True),
             "period_end": window.end.to_utc_datetime(has_tz=True),
@@ -839,14 +841,20 @@ class CountBranches(beam.PTransform):
         )
 
     def expand(self, pcolls: dict[str, beam.PCollection]) -> beam.PCollection:
-        keyed = []
-        for name, pcoll in pcolls.items():
-            namer = self.branches[name]
-            keyed.append(pcoll | f"Name{name}" >> beam.ParDo(_NamedCountsFn(namer)))
+        # Each branch is windowed by period before they are flattened: the branches come
+        # windowed differently (the ledger's panes, or the global window), and Flatten
+        # wants its inputs windowed alike. An element's period is its timestamp's either way.
+        # One WindowInto for all: Beam's triggers compare equal only to themselves.
+        by_period = append_window(*self.window)
+        named = [
+            pcoll
+            | f"Name{name}" >> beam.ParDo(_NamedCountsFn(self.branches[name]))
+            | f"WindowByPeriod{name}" >> by_period
+            for name, pcoll in pcolls.items()
+        ]
         return (
-            keyed
+            named
             | "AllBranches" >> beam.Flatten()
-            | "WindowByPeriod" >> append_window(*self.window)
             | "SumPerCounter" >> combine_per_key(beam.CombineFn.from_callable(sum))
             | "ToCounterRow" >> beam.ParDo(_ToCounterRowFn())
         )
@@ -878,7 +886,8 @@ class _WritePaneFn(beam.DoFn):
             for part in parts
         ]
         if not tables:
-            return  # an empty pane
+            # An empty pane.
+            return
         rows = pa.concat_tables(tables)  # write_parquet_atomically casts to the schema
         if not rows.num_rows:
             return

@@ -7,6 +7,7 @@ real deploy would; nothing reaches Google Cloud.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from pathlib import Path
 
 import apache_beam as beam
@@ -38,11 +39,20 @@ def dataflow_options(*flags: str) -> PipelineOptions:
     )
 
 
+def beam_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What Beam warned of while a job was built: mixed windowing, a DoFn it distrusts."""
+    return [
+        record.getMessage()[:200]
+        for record in caplog.records
+        if record.name.startswith("apache_beam.transforms") and record.levelno >= logging.WARNING
+    ]
+
+
 def step_names(pipeline: beam.Pipeline) -> set[str]:
     return {transform.unique_name for transform in pipeline.to_runner_api().components.transforms.values()}
 
 
-def test_the_streaming_job_translates_for_dataflow() -> None:
+def test_the_streaming_job_translates_for_dataflow(caplog: pytest.LogCaptureFixture) -> None:
     options = dataflow_options("--streaming", "--period-seconds=86400", "--early-firing-seconds=30")
     config = options.view_as(RoyaltyOptions).config()
     assert (config.period_seconds, config.early_firing_seconds) == (86400, 30)
@@ -57,10 +67,11 @@ def test_the_streaming_job_translates_for_dataflow() -> None:
     assert {"ReadPlays", "DecodePlays", "DedupByEventId", "AggregateLedger", "WriteLedger"} <= step_names(
         pipeline
     )
+    assert beam_warnings(caplog) == []
     assert pipeline.run().state == PipelineState.DONE
 
 
-def test_the_batch_job_translates_for_dataflow() -> None:
+def test_the_batch_job_translates_for_dataflow(caplog: pytest.LogCaptureFixture) -> None:
     options = dataflow_options("--period=2026-11-28T00:00:00Z", "--period-seconds=86400")
     config = options.view_as(RoyaltyOptions).config()
     period = batch.Period.starting("2026-11-28T00:00:00Z", config.period_seconds)
@@ -76,6 +87,7 @@ def test_the_batch_job_translates_for_dataflow() -> None:
     assert {"ReadArchive", "FirstCopiesInPeriod", "AttributeCounts", "WriteFinalLedger"} <= step_names(
         pipeline
     )
+    assert beam_warnings(caplog) == []
     assert pipeline.run().state == PipelineState.DONE
 
 
