@@ -9,7 +9,8 @@
 - ``balances``: per period, rights holder and currency: plays, streams, amount.
 - ``counters``: elements per pipeline branch per period (``events_decoded``,
   ``events_unique``, ``events_duplicate``, ``events_conflict``, ``events_invalid``,
-  ``messages_undecodable``), delta rows like the ledger: sum them per period to balance
+  ``messages_undecodable``; ``plays_qualified``, ``plays_unmatched``, ``plays_late``,
+  ``ledger_rows_written``), delta rows like the ledger: sum them per period to balance
   ``decoded = unique + duplicate``.
 - ``dead_letters``: what the pipeline could not decode or validate, with the reason.
 - ``receipts``: the gateway's receipt journal, one row per event it answered 200 for
