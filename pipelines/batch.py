@@ -1,7 +1,10 @@
 """Batch royalties: one period's final ledger, recomputed exactly from the archive.
 
 Reads the archive's hourly Parquet buckets that can hold the period's plays (and, over
-the dedup horizon before it, earlier copies of them) twice, as Arrow tables:
+the dedup horizon before it, earlier copies of them) twice, as Arrow tables. A later
+bucket holds the period's plays only if they were archived late, so its row groups whose
+``received_at`` statistics start at or after the period's end are skipped unread:
+
 
 1. The event ids alone. Each id's lower-case spelling (ids that differ only in letter
    case are one event) is hashed to 64 bits; the hashes are shuffled into shards, and
@@ -158,8 +161,9 @@ def archive_files(data_dir: str, period: Period, horizon: dt.timedelta) -> list[
     """Archive files that can hold a copy of a play received in ``period`` or within ``horizon`` before.
 
     Buckets are hours of receive time; a row that arrived after its hour was closed sits
-    in a later bucket, so every bucket from the horizon on is read and rows are filtered
-    by ``received_at``.
+    in a later bucket, so every bucket from the horizon on is listed and rows are filtered
+    by ``received_at``. ``ReadArchiveFiles`` skips, by their statistics, the row groups of
+    later buckets that hold no row received before the period's end.
     """
     base = f"{data_dir.rstrip('/')}/{ARCHIVE_DIR}"
     first = partition_name("hour", (period.start - horizon).replace(minute=0, second=0, microsecond=0))
@@ -404,7 +408,11 @@ class _CountFirstCopiesFn(beam.DoFn):
         return first
 
     def _count_later_copies(self, copies: pa.Table, head: np.ndarray) -> None:
-        """Copies sorted by id, first copy first → duplicates, and conflicts among them."""
+        """Copies sorted by id, first copy first → the period's duplicates, and conflicts among them.
+
+        A later copy counts in the period it was received in, as the streaming counters
+        count it; copies received outside the period are read only to find first copies.
+        """
         later = ~head
         later_copies = copies.filter(pa.array(later))
         # Each later copy against its id's first copy: a difference in content is a
@@ -413,8 +421,10 @@ class _CountFirstCopiesFn(beam.DoFn):
         same = pa.array(np.ones(later_copies.num_rows, dtype=bool))
         for column in _CONTENT_COLUMNS:
             same = pc.and_(same, pc.equal(later_copies[column], their_heads[column]))
-        self.duplicates.inc(later_copies.num_rows)
-        self.conflicts.inc(later_copies.num_rows - pc.sum(same).as_py())
+        in_period = _in_period(later_copies["received_at"], self.period)
+        self.duplicates.inc(int(np.count_nonzero(in_period)))
+        differs = ~same.fill_null(False).to_numpy(zero_copy_only=False)
+        self.conflicts.inc(int(np.count_nonzero(in_period & differs)))
 
 
 class SumCountTables(beam.CombineFn):
@@ -585,17 +595,39 @@ class _ReadRowGroupsFn(beam.DoFn):
     """An archive file → one Arrow table per row group, of ``columns``.
 
     ``dictionary_columns`` come dictionary-encoded, as Parquet stores them: no string per
-    row to build, and a group-by over their codes instead of their text.
+    row to build, and a group-by over their codes instead of their text. With
+    ``received_before``, a row group whose statistics say every row was received at or
+    after it is skipped unread: no such row can be counted, nor make a counted row a
+    later copy. Both reads skip the same groups, since they read the same statistics.
     """
 
-    def __init__(self, columns: Sequence[str], dictionary_columns: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        columns: Sequence[str],
+        dictionary_columns: Sequence[str] = (),
+        received_before: dt.datetime | None = None,
+    ) -> None:
         self.columns = list(columns)
         self.dictionary_columns = list(dictionary_columns)
+        self.received_before = received_before
+
+    def setup(self) -> None:
+        self.skipped = _counter("archived_row_groups_skipped")
 
     def process(self, path: str) -> Iterator[pa.Table]:
         with FileSystems.open(path) as handle:
             parquet = pq.ParquetFile(handle, read_dictionary=self.dictionary_columns)
+            received = parquet.schema_arrow.get_field_index("received_at")
             for index in range(parquet.num_row_groups):
+                if self.received_before is not None and received >= 0:
+                    statistics = parquet.metadata.row_group(index).column(received).statistics
+                    if (
+                        statistics is not None
+                        and statistics.has_min_max
+                        and statistics.min >= self.received_before
+                    ):
+                        self.skipped.inc()
+                        continue
                 yield parquet.read_row_group(index, columns=self.columns)
 
 
@@ -603,23 +635,31 @@ class ReadArchiveFiles(beam.PTransform):
     """The given archive files, read twice: their event ids, then the rows the recompute counts.
 
     Both as Arrow tables, one per row group, in a dict keyed by ``ArchiveReads``: the ids
-    alone tell ``FirstCopiesInPeriod`` which rows need a shuffle at all.
+    alone tell ``FirstCopiesInPeriod`` which rows need a shuffle at all. With
+    ``received_before`` (the period's end), row groups received wholly at or after it are
+    skipped by their statistics.
     """
 
-    def __init__(self, files: Sequence[str]) -> None:
+    def __init__(self, files: Sequence[str], received_before: dt.datetime | None = None) -> None:
         super().__init__()
         self.files = list(files)
+        self.received_before = received_before
 
     def expand(self, p: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         # One listing per read: a step waiting for the ids' result must not share a stage with their read.
         return {
             ArchiveReads.EVENT_IDS: p
             | "ListFilesForIds" >> beam.Create(self.files)
-            | "ReadEventIds" >> beam.ParDo(_ReadRowGroupsFn(["event_id"])).with_output_types(pa.Table),
+            | "ReadEventIds"
+            >> beam.ParDo(_ReadRowGroupsFn(["event_id"], (), self.received_before)).with_output_types(
+                pa.Table
+            ),
             ArchiveReads.ROWS: p
             | "ListFilesForRows" >> beam.Create(self.files)
             | "ReadRows"
-            >> beam.ParDo(_ReadRowGroupsFn(_COLUMNS, _DICTIONARY_COLUMNS)).with_output_types(pa.Table),
+            >> beam.ParDo(
+                _ReadRowGroupsFn(_COLUMNS, _DICTIONARY_COLUMNS, self.received_before)
+            ).with_output_types(pa.Table),
         }
 
 
@@ -644,7 +684,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     pipeline = beam.Pipeline(options=options)
     build(
         pipeline,
-        ReadArchiveFiles(files),
+        ReadArchiveFiles(files, received_before=period.end),
         WriteFinalLedger(f"{data_dir.rstrip('/')}/{FINAL_LEDGER_DIR}", temp),
         config,
         period,
