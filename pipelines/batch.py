@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -52,8 +53,11 @@ import pyarrow.parquet as pq
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineResult
 
+from ingest.archive_buckets import CLOSED_MARKER, floor_hour
 from ledger.catalog import Catalog
 from ledger.tables import ARCHIVE_DIR, FINAL_LEDGER_DIR, LEDGER_SCHEMA, partition_name
 from pipelines.config import PipelineConfig
@@ -174,6 +178,26 @@ def archive_files(data_dir: str, period: Period, horizon: dt.timedelta) -> list[
         if folder >= first:  # hour=YYYYMMDDTHHMMSSZ sorts as time
             files.append(metadata.path)
     return sorted(files)
+
+
+def period_hours(period: Period) -> list[str]:
+    """The archive's hour folders that receive the period's plays (``hour=YYYYMMDDTHHMMSSZ``)."""
+    hours = []
+    hour = floor_hour(period.start)
+    while hour < period.end:
+        hours.append(partition_name("hour", hour))
+        hour += dt.timedelta(hours=1)
+    return hours
+
+
+def open_hours(data_dir: str, period: Period) -> list[str]:
+    """The period's hour folders without their ``_CLOSED`` marker: plays may still be archived into them."""
+    base = f"{data_dir.rstrip('/')}/{ARCHIVE_DIR}"
+    return [
+        folder
+        for folder in period_hours(period)
+        if not FileSystems.exists(f"{base}/{folder}/{CLOSED_MARKER}")
+    ]
 
 
 def _counter(name: str) -> Any:
@@ -691,5 +715,33 @@ def run(argv: Sequence[str] | None = None) -> int:
     )
     if not files:
         LOG.warning("no archive files for %s: nothing to recompute", period.start)
-    pipeline.run().wait_until_finish()
+    still_open = open_hours(data_dir, period)
+    if still_open:
+        LOG.warning(
+            "not closed yet: %s (%d of the period's %d hours); plays may still be archived there, "
+            "so recompute again once every hour of the period has its %s marker",
+            ", ".join(still_open),
+            len(still_open),
+            len(period_hours(period)),
+            CLOSED_MARKER,
+        )
+    result = pipeline.run()
+    result.wait_until_finish()
+    LOG.info("%s", _summary(result, period, f"{data_dir.rstrip('/')}/{FINAL_LEDGER_DIR}"))
     return 0
+
+
+def _summary(result: PipelineResult, period: Period, table_dir: str) -> str:
+    """One line on what a recompute counted, from its counters."""
+    n: Counter[str] = Counter()
+    for counter in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
+        n[counter.key.metric.name] += counter.committed
+    return (
+        f"recomputed {period.start.isoformat()} … {period.end.isoformat()}: "
+        f"plays counted {n['events_unique']:,}, "
+        f"duplicates {n['events_duplicate']:,} (conflicting {n['events_conflict']:,}), "
+        f"archived rows read {n['archived_rows_read']:,} "
+        f"(row-group reads skipped {n['archived_row_groups_skipped']:,}), "
+        f"final ledger rows {n['ledger_final_rows_written']:,} "
+        f"in {table_dir}/{partition_name('period', period.start)}"
+    )

@@ -44,6 +44,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from rich.console import Console
 from rich.table import Table
 
+from ingest.archive_buckets import HOUR, HourBuckets
 from ingest.pubsub import PubSubNames, emulator_from_env_or_started, ensure_topology
 from ledger.catalog import DEFAULT_CATALOG_DIR, Catalog
 from ledger.tables import ARCHIVE_DIR, partition_name
@@ -205,6 +206,8 @@ def _write_archive(data_dir: Path, events: int, seed: int, rows_per_file: int) -
     offsets = range(0, events, rows_per_file)
     for index, offset in enumerate(offsets):
         pq.write_table(table.slice(offset, rows_per_file), folder / f"part-{index}.parquet")
+    # Closed as the archiver closes an hour: the recompute is of a final period.
+    HourBuckets(data_dir / ARCHIVE_DIR, data_dir / ".tmp" / ARCHIVE_DIR, 0).close(START, START + HOUR)
     return len(offsets)
 
 

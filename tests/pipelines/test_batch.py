@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import random
 import uuid
 from collections import Counter
@@ -23,6 +24,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 from sample_plays import EPOCH, message, play
 
+from ingest.archive_buckets import HOUR, HourBuckets
 from ledger.catalog import DEFAULT_CATALOG_DIR, Catalog
 from ledger.tables import partition_name
 from ledger.views import open_ledger, run_sql
@@ -38,6 +40,7 @@ from pipelines.batch import (
     archive_files,
     build,
 )
+from pipelines.batch import run as batch_run
 from pipelines.config import PipelineConfig
 from pipelines.streaming import build as build_streaming
 from pipelines.streaming import parquet_sinks
@@ -184,6 +187,48 @@ def test_later_buckets_are_read_only_where_they_can_hold_the_periods_plays(tmp_p
     assert (every_group["archived_rows_read"], every_group.get("archived_row_groups_skipped", 0)) == (6, 0)
     # Skipped in both reads, the ids' and the rows'.
     assert (skipping["archived_rows_read"], skipping["archived_row_groups_skipped"]) == (4, 2)
+
+
+def test_the_batch_command_warns_of_open_hours_and_says_what_it_counted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    catalog = Catalog.load(DEFAULT_CATALOG_DIR)
+    track = sorted(catalog.track_ids)[0]
+    first = play(track, received_second=10)
+    conflict = dict(first, received_at=EPOCH + dt.timedelta(seconds=30), ms_played=5_000)
+    write_archive(tmp_path, [first, conflict, play(track, received_second=40)])
+    argv = [
+        "--data-dir",
+        str(tmp_path),
+        "--period",
+        EPOCH.isoformat(),
+        "--period-seconds",
+        str(PERIOD_SECONDS),
+    ]
+    caplog.set_level(logging.INFO, logger="pipelines.batch")
+
+    def said(level: int) -> list[str]:
+        return [
+            record.getMessage()
+            for record in caplog.records
+            if record.name == "pipelines.batch" and record.levelno == level
+        ]
+
+    assert batch_run(argv) == 0
+    (warning,) = said(logging.WARNING)
+    assert warning.startswith("not closed yet: hour=20261101T000000Z (1 of the period's 1 hours)")
+    period = partition_name("period", EPOCH)
+    assert said(logging.INFO)[-1] == (
+        "recomputed 2026-11-01T00:00:00+00:00 … 2026-11-01T00:01:00+00:00: plays counted 2, duplicates 1 "
+        "(conflicting 1), archived rows read 3 (row-group reads skipped 0), final ledger rows "
+        f"{len(catalog.splits_for(track) or ())} in {tmp_path}/{FINAL_LEDGER_DIR}/{period}"
+    )
+
+    caplog.clear()
+    HourBuckets(tmp_path / "archive", tmp_path / ".tmp" / "archive", 0).close(EPOCH, EPOCH + HOUR)
+    assert batch_run(argv) == 0
+    assert said(logging.WARNING) == []
+    assert said(logging.INFO)[-1].startswith("recomputed 2026-11-01T00:00:00+00:00")
 
 
 def first_copy_counts(copies: list[dict[str, Any]], period: Period, min_stream_ms: int) -> PlayCounts:
