@@ -1,10 +1,9 @@
 """Batch royalties: one period's final ledger, recomputed exactly from the archive.
 
 Reads the archive's hourly Parquet buckets that can hold the period's plays (and, over
-the dedup horizon before it, earlier copies of them) twice, as Arrow tables. A later
-bucket holds the period's plays only if they were archived late, so its row groups whose
-``received_at`` statistics start at or after the period's end are skipped unread:
-
+the dedup horizon before it, earlier copies of them) twice, as Arrow tables. Later
+buckets hold the period's plays only if they were archived late: of those, only row
+groups whose ``received_at`` statistics start before the period's end are read.
 
 1. The event ids alone. Each id's lower-case spelling (ids that differ only in letter
    case are one event) is hashed to 64 bits; the hashes are shuffled into shards, and
