@@ -52,7 +52,6 @@ import pyarrow.parquet as pq
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
@@ -63,6 +62,7 @@ from pipelines.config import PipelineConfig
 from pipelines.files import write_parquet_atomically
 from pipelines.options import BatchOptions, RoyaltyOptions, options_help
 from pipelines.play_batches import CANONICAL_UUID_REGEX, ArrowTableCoder, event_keys, plain_values, shard_runs
+from pipelines.supervisor import counters
 from pipelines.transforms import (
     METRICS_NAMESPACE,
     PLAY_COUNTS_SCHEMA,
@@ -732,9 +732,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 
 def _summary(result: PipelineResult, period: Period, table_dir: str) -> str:
     """One line on what a recompute counted, from its counters."""
-    n: Counter[str] = Counter()
-    for counter in result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))["counters"]:
-        n[counter.key.metric.name] += counter.committed
+    n = Counter(counters(result))
     return (
         f"recomputed {period.start.isoformat()} … {period.end.isoformat()}: "
         f"plays counted {n['events_unique']:,}, "

@@ -16,7 +16,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 from apache_beam.testing.test_stream import TestStream
@@ -44,6 +43,7 @@ from pipelines.batch import run as batch_run
 from pipelines.config import PipelineConfig
 from pipelines.streaming import build as build_streaming
 from pipelines.streaming import parquet_sinks
+from pipelines.supervisor import counters
 from pipelines.transforms import PlayCounts
 
 PERIOD_SECONDS = 60
@@ -72,11 +72,7 @@ def write_archive(data_dir: Path, copies: list[dict[str, Any]], row_group_size: 
 
 def totals_of(result: PipelineResult) -> dict[str, int]:
     """The pipeline's playledger counters, summed over steps."""
-    counters = result.metrics().query(MetricsFilter().with_namespace("playledger"))["counters"]
-    totals: Counter[str] = Counter()
-    for counter in counters:
-        totals[counter.key.metric.name] += counter.committed
-    return dict(totals)
+    return counters(result)
 
 
 def recompute(
