@@ -192,16 +192,12 @@ def test_the_batch_command_warns_of_open_hours_and_says_what_it_counted(
     track = sorted(catalog.track_ids)[0]
     first = play(track, received_second=10)
     conflict = dict(first, received_at=EPOCH + dt.timedelta(seconds=30), ms_played=5_000)
-    write_archive(tmp_path, [first, conflict, play(track, received_second=40)])
-    argv = [
-        "--data-dir",
-        str(tmp_path),
-        "--period",
-        EPOCH.isoformat(),
-        "--period-seconds",
-        str(PERIOD_SECONDS),
-    ]
+    in_second_hour = play(track, received_second=3600 + 5)
+    after = play(track, received_second=7200 + 5)  # the next period's first hour, open too
+    write_archive(tmp_path, [first, conflict, play(track, received_second=40), in_second_hour, after])
+    argv = ["--data-dir", str(tmp_path), "--period", EPOCH.isoformat(), "--period-seconds", "7200"]
     caplog.set_level(logging.INFO, logger="pipelines.batch")
+    buckets = HourBuckets(tmp_path / "archive", tmp_path / ".tmp" / "archive", 0)
 
     def said(level: int) -> list[str]:
         return [
@@ -212,18 +208,27 @@ def test_the_batch_command_warns_of_open_hours_and_says_what_it_counted(
 
     assert batch_run(argv) == 0
     (warning,) = said(logging.WARNING)
-    assert warning.startswith("not closed yet: hour=20261101T000000Z (1 of the period's 1 hours)")
+    assert warning.startswith(
+        "not closed yet: hour=20261101T000000Z, hour=20261101T010000Z (2 of the period's 2 hours)"
+    )
     period = partition_name("period", EPOCH)
+    # The next period's hour is listed but skipped, in both reads, by its statistics.
     assert said(logging.INFO)[-1] == (
-        "recomputed 2026-11-01T00:00:00+00:00 … 2026-11-01T00:01:00+00:00: plays counted 2, duplicates 1 "
-        "(conflicting 1), archived rows read 3 (row-group reads skipped 0), final ledger rows "
+        "recomputed 2026-11-01T00:00:00+00:00 … 2026-11-01T02:00:00+00:00: plays counted 3, duplicates 1 "
+        "(conflicting 1), archived rows read 4 (row-group reads skipped 2), final ledger rows "
         f"{len(catalog.splits_for(track) or ())} in {tmp_path}/{FINAL_LEDGER_DIR}/{period}"
     )
 
     caplog.clear()
-    HourBuckets(tmp_path / "archive", tmp_path / ".tmp" / "archive", 0).close(EPOCH, EPOCH + HOUR)
+    buckets.close(EPOCH, EPOCH + 2 * HOUR)
     assert batch_run(argv) == 0
-    assert said(logging.WARNING) == []
+    (warning,) = said(logging.WARNING)
+    assert warning.startswith("not closed yet: hour=20261101T010000Z (1 of the period's 2 hours)")
+
+    caplog.clear()
+    buckets.close(EPOCH + HOUR, EPOCH + 2 * HOUR)
+    assert batch_run(argv) == 0
+    assert said(logging.WARNING) == []  # the next period's hour, still open, is none of its business
     assert said(logging.INFO)[-1].startswith("recomputed 2026-11-01T00:00:00+00:00")
 
 
