@@ -321,6 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("connections", "batch_events", "distinct_batches", "rounds"):
         if getattr(args, name) < 1:
             _parser().error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.batch_events > GatewaySettings.max_events:
+        _parser().error(
+            f"--batch-events: the gateway takes at most {GatewaySettings.max_events} events a request"
+        )
     if args.seconds <= 0 or args.warmup_seconds < 0:
         _parser().error("--seconds must be positive and --warmup-seconds not negative")
     bodies = [_body(batch) for batch in _batches(args.distinct_batches, args.batch_events)]
