@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import multiprocessing
 import random
+import signal
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -211,6 +212,9 @@ def bench_dedup_memory(
             stop.set()
             heartbeat.stopped.set()
             publisher.join(timeout=90)
+            if publisher.is_alive():  # still waiting on publishes: stopped, not left publishing
+                publisher.terminate()
+                publisher.join()
             report.published, report.retries = published.value, retries.value
             seen = counters(result)
             report.unique = seen.get("events_unique", 0)
@@ -219,6 +223,8 @@ def bench_dedup_memory(
                 "dedup_ids_forgotten", 0
             )
             result.cancel()
+    if publisher.exitcode == -signal.SIGTERM:
+        raise RuntimeError("the load generator did not finish within 90 s of the run's end, and was stopped")
     if publisher.exitcode != 0:
         raise RuntimeError(f"the load generator failed (exit code {publisher.exitcode}): see its error above")
     return report
