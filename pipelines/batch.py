@@ -48,7 +48,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
+import pyarrow.dataset as ds
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -57,7 +57,7 @@ from apache_beam.runners.runner import PipelineResult
 
 from ingest.archive_buckets import CLOSED_MARKER, floor_hour
 from ledger.catalog import Catalog
-from ledger.tables import ARCHIVE_DIR, FINAL_LEDGER_DIR, LEDGER_SCHEMA, partition_name
+from ledger.tables import ARCHIVE_DIR, ARCHIVE_SCHEMA, FINAL_LEDGER_DIR, LEDGER_SCHEMA, partition_name
 from pipelines.config import PipelineConfig
 from pipelines.files import write_parquet_atomically
 from pipelines.options import BatchOptions, RoyaltyOptions, options_help
@@ -636,22 +636,24 @@ class _ReadRowGroupsFn(beam.DoFn):
 
     def setup(self) -> None:
         self.skipped = _counter("archived_row_groups_skipped")
+        self.format = ds.ParquetFileFormat(
+            read_options=ds.ParquetReadOptions(dictionary_columns=set(self.dictionary_columns))
+        )
+        # Arrow prunes row groups by their statistics; rows of a kept group are all read.
+        self.keep = (
+            None
+            if self.received_before is None
+            else pc.field("received_at")
+            < pa.scalar(self.received_before, ARCHIVE_SCHEMA.field("received_at").type)
+        )
 
     def process(self, path: str) -> Iterator[pa.Table]:
         with FileSystems.open(path) as handle:
-            parquet = pq.ParquetFile(handle, read_dictionary=self.dictionary_columns)
-            received = parquet.schema_arrow.get_field_index("received_at")
-            for index in range(parquet.num_row_groups):
-                if self.received_before is not None and received >= 0:
-                    statistics = parquet.metadata.row_group(index).column(received).statistics
-                    if (
-                        statistics is not None
-                        and statistics.has_min_max
-                        and statistics.min >= self.received_before
-                    ):
-                        self.skipped.inc()
-                        continue
-                yield parquet.read_row_group(index, columns=self.columns)
+            fragment = self.format.make_fragment(pa.PythonFile(handle, mode="r"))
+            groups = fragment.split_by_row_group(self.keep)
+            self.skipped.inc(fragment.num_row_groups - len(groups))
+            for group in groups:
+                yield group.to_table(columns=self.columns)
 
 
 class ReadArchiveFiles(beam.PTransform):
