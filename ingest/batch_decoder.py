@@ -15,7 +15,9 @@ takes the full path (orjson and ``validate_event``), which words every error of 
 event. Declining a body the full path then accepts costs only time; accepting one the
 full path would reject, or converting a value differently, would be a bug:
 tests/ingest/test_batch_decoder.py holds it to that. Limits, symbols, codes and both
-patterns come from ``schemas.validation``, so the rules stay declared once.
+patterns come from ``schemas.validation``; which fields are required or nullable, their
+types and "not blank" are restated here as msgspec types, so a rule changed in
+``schemas.validation.CLIENT_FIELDS`` must be changed here too.
 """
 
 from __future__ import annotations
