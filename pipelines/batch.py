@@ -83,7 +83,10 @@ __all__ = [
     "SumCountTables",
     "WriteFinalLedger",
     "archive_files",
+    "batch_shards",
     "build",
+    "open_hours",
+    "period_hours",
     "run",
 ]
 
@@ -113,7 +116,19 @@ _DICTIONARY_COLUMNS = PLAY_GROUP_COLUMNS
 _LOWER_CASE = np.uint64(0x2020202020202020)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 DEFAULT_SHARDS = 16
-"""Shards of each event-id shuffle: each is de-duplicated alone, so each sort stays small."""
+"""Fewest shards of each event-id shuffle: each is de-duplicated alone, so each sort stays small."""
+
+
+def batch_shards(config: PipelineConfig) -> int:
+    """Shards of the recompute's shuffles: ``--dedup-shards`` (64 on Dataflow), at least ``DEFAULT_SHARDS``.
+
+    On Dataflow a shard is a unit of parallel work and holds its share of the period's
+    id hashes in memory, so the batch spreads as wide as the streaming state; locally,
+    where the streaming job keeps one shard, smaller sorts still pay.
+    """
+    return max(DEFAULT_SHARDS, config.dedup_shards)
+
+
 DEFAULT_CANDIDATE_BITS = 27
 """The repeated-id bitmap has 2**27 bits (16 MiB): 500,000 repeated ids mark 0.4 % of the others."""
 
@@ -606,7 +621,9 @@ def build(
     """Wire the batch recompute onto ``p``: ``source`` gives the archive's ``ArchiveReads``, Arrow tables."""
     catalog = Catalog.load(config.catalog_dir)
     archive = p | "ReadArchive" >> source
-    counts = archive | "FirstCopiesInPeriod" >> FirstCopiesInPeriod(period, config.min_stream_ms)
+    counts = archive | "FirstCopiesInPeriod" >> FirstCopiesInPeriod(
+        period, config.min_stream_ms, shards=batch_shards(config)
+    )
     catalog_view = beam.pvalue.AsSingleton(p | "LoadCatalog" >> beam.Create([catalog]))
     ledger_rows = counts | "AttributeCounts" >> AttributeCounts(catalog_view, (period.start, period.end))
     if sink is not None:

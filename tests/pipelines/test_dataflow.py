@@ -99,11 +99,15 @@ def test_the_batch_job_translates_for_dataflow(caplog: pytest.LogCaptureFixture)
         (["--runner=DataflowRunner"], DATAFLOW_DEDUP_SHARDS),
         (["--runner=DataflowRunner", "--dedup-shards=8"], 8),
         (["--dedup-shards=3"], 3),
+        (["--dedup-shards=100"], 100),
     ],
 )
 def test_dedup_shards_default_by_runner(flags: list[str], shards: int) -> None:
     options = PipelineOptions(["--data-dir=data", *flags])
-    assert options.view_as(RoyaltyOptions).config().dedup_shards == shards
+    config = options.view_as(RoyaltyOptions).config()
+    assert config.dedup_shards == shards
+    # The batch's shuffles spread as wide, and never narrower than its local default.
+    assert batch.batch_shards(config) == max(shards, batch.DEFAULT_SHARDS)
 
 
 def test_zero_dedup_shards_is_refused() -> None:
