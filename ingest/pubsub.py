@@ -17,70 +17,29 @@ import subprocess
 import tempfile
 import urllib.error
 import urllib.request
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import google.cloud.pubsub_v1 as pubsub_v1
 from google.api_core import exceptions as gexc
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from schemas.topology import PubSubNames
+
 __all__ = [
-    "DEFAULT_PROJECT",
     "EMULATOR_ENV",
-    "SUBSCRIPTIONS",
-    "TOPIC",
     "Emulator",
     "EmulatorError",
-    "PubSubNames",
     "emulator_from_env_or_started",
     "ensure_topology",
     "free_port",
 ]
 
-TOPIC = "play-events"
-ROYALTIES_SUBSCRIPTION = "royalties"
-ARCHIVE_SUBSCRIPTION = "archive"
-SUBSCRIPTIONS = (ROYALTIES_SUBSCRIPTION, ARCHIVE_SUBSCRIPTION)
-DEFAULT_PROJECT = "local-dev"
 EMULATOR_ENV = "PUBSUB_EMULATOR_HOST"
 
 
 class EmulatorError(RuntimeError):
     """The emulator could not be started or did not answer in time."""
-
-
-@dataclass(frozen=True)
-class PubSubNames:
-    """Fully qualified names of the contract's topic and subscriptions in one project."""
-
-    project: str = field(default_factory=lambda: os.environ.get("PLAYLEDGER_PROJECT", DEFAULT_PROJECT))
-    topic_id: str = TOPIC
-    royalties_id: str = ROYALTIES_SUBSCRIPTION
-    archive_id: str = ARCHIVE_SUBSCRIPTION
-
-    @property
-    def topic(self) -> str:
-        return f"projects/{self.project}/topics/{self.topic_id}"
-
-    @property
-    def royalties(self) -> str:
-        return f"projects/{self.project}/subscriptions/{self.royalties_id}"
-
-    @property
-    def archive(self) -> str:
-        return f"projects/{self.project}/subscriptions/{self.archive_id}"
-
-    @classmethod
-    def scratch(cls, prefix: str) -> PubSubNames:
-        """Names no one else uses (``prefix`` and a random suffix), for a benchmark or a test."""
-        suffix = uuid.uuid4().hex[:8]
-        return cls(
-            topic_id=f"{prefix}-{suffix}",
-            royalties_id=f"{prefix}-royalties-{suffix}",
-            archive_id=f"{prefix}-archive-{suffix}",
-        )
 
 
 def free_port() -> int:

@@ -1,10 +1,17 @@
 """Arrow schemas of the Parquet tables the pipelines append and the ledger reads.
 
-The ledger is an append-only journal of delta rows: each window pane of the pipeline
-appends new files under ``<data-dir>/ledger/period=<YYYYMMDDTHHMMSSZ>/``; balances are
-sums. Dead letters go the same way under ``<data-dir>/dead_letters/``. The archiver
-writes every event it receives, with its Pub/Sub envelope, under
-``<data-dir>/archive/hour=<YYYYMMDDTHH0000Z>/`` (see ``runbooks/archive.md``).
+The stored record, as every part reads and writes it (this module is its one description):
+
+- ``ledger/period=<YYYYMMDDTHHMMSSZ>/``: the streaming pipeline's delta rows, one or more
+  files per window pane (``LEDGER_SCHEMA``); balances are sums.
+- ``ledger_final/period=…/ledger.parquet``: a period recomputed from the archive (same schema).
+- ``counters/period=…/``: what each pipeline branch counted per period (``COUNTERS_SCHEMA``).
+- ``dead_letters/minute=…/``: what could not be used, with the reason (``DEAD_LETTER_SCHEMA``).
+- ``archive/hour=<YYYYMMDDTHH0000Z>/``: every event the archiver received, with its
+  Pub/Sub envelope (``ARCHIVE_SCHEMA``); ``CLOSED_MARKER`` in an hour's folder says the
+  hour is final (see ``runbooks/archive.md``).
+- ``journal/``: the gateway's receipts (``RECEIPT_SCHEMA``; layout in ``ledger.receipts``).
+- ``verdicts/<kind>/``: stored verdicts of checks (``ledger.verdicts``).
 """
 
 from __future__ import annotations
@@ -16,13 +23,19 @@ import pyarrow as pa
 __all__ = [
     "ARCHIVE_DIR",
     "ARCHIVE_SCHEMA",
+    "BUCKET_COLUMN",
+    "CLOSED_MARKER",
     "COUNTERS_DIR",
     "COUNTERS_SCHEMA",
     "DEAD_LETTERS_DIR",
     "DEAD_LETTER_SCHEMA",
     "FINAL_LEDGER_DIR",
+    "JOURNAL_DIR",
     "LEDGER_DIR",
     "LEDGER_SCHEMA",
+    "RECEIPT_SCHEMA",
+    "VERDICTS_DIR",
+    "floor_hour",
     "partition_name",
 ]
 
@@ -31,6 +44,13 @@ LEDGER_DIR = "ledger"
 FINAL_LEDGER_DIR = "ledger_final"
 DEAD_LETTERS_DIR = "dead_letters"
 ARCHIVE_DIR = "archive"
+JOURNAL_DIR = "journal"
+VERDICTS_DIR = "verdicts"
+
+BUCKET_COLUMN = "hour"
+"""The archive's hive partition column: ``archive/hour=<YYYYMMDDTHH0000Z>/``."""
+CLOSED_MARKER = "_CLOSED"
+"""Written into an archive hour's folder once nothing more will be archived into it: the hour is final."""
 
 _TS = pa.timestamp("us", tz="UTC")
 
@@ -104,6 +124,22 @@ ARCHIVE_SCHEMA = pa.schema(
     ]
 )
 """One row per archived play event; see ``runbooks/archive.md``."""
+
+
+RECEIPT_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("batch_id", pa.string(), nullable=False),
+        pa.field("received_at", _TS, nullable=False),
+        pa.field("message_id", pa.string(), nullable=False),
+    ]
+)
+"""One receipt of the gateway's journal: which event, in which batch, received when, as which message."""
+
+
+def floor_hour(moment: dt.datetime) -> dt.datetime:
+    """The start (UTC) of the hour ``moment`` falls in."""
+    return moment.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def partition_name(column: str, start: dt.datetime) -> str:

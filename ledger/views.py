@@ -33,7 +33,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from ingest.journal import RECEIPT_SCHEMA, open_receipt_files, sealed_receipt_files
+from ledger.receipts import open_receipt_files, sealed_receipt_files
 from ledger.tables import (
     ARCHIVE_DIR,
     ARCHIVE_SCHEMA,
@@ -44,6 +44,7 @@ from ledger.tables import (
     FINAL_LEDGER_DIR,
     LEDGER_DIR,
     LEDGER_SCHEMA,
+    RECEIPT_SCHEMA,
 )
 
 __all__ = ["QueryResult", "ReadOnlyQueryError", "open_ledger", "run_sql"]

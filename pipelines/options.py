@@ -12,9 +12,9 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from ingest.pubsub import PubSubNames
 from pipelines.config import DATAFLOW_DEDUP_SHARDS, PipelineConfig
 from pipelines.direct_runner import DIRECT_RUNNERS
+from schemas.topology import PubSubNames
 
 __all__ = ["BatchOptions", "RoyaltyOptions", "StreamingOptions", "options_help"]
 
@@ -79,7 +79,7 @@ class StreamingOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
         defaults = PipelineConfig()
-        names = PubSubNames()
+        names = PubSubNames.from_env()
         _flag(parser, "subscription", default=names.royalties, help="Pub/Sub subscription to read")
         _flag(parser, "topic", default=names.topic, help="topic that heartbeats are published to")
         _flag(

@@ -24,15 +24,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import apache_beam as beam
-import pyarrow as pa
 from apache_beam.io.gcp.pubsub import ReadFromPubSub
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.utils.timestamp import Duration
 
 from ledger.catalog import Catalog
+from ledger.counters import PIPELINE_COUNTERS_FILE, Counter
 from ledger.tables import (
     COUNTERS_DIR,
     COUNTERS_SCHEMA,
@@ -44,17 +43,13 @@ from ledger.tables import (
 from pipelines.config import PipelineConfig
 from pipelines.direct_runner import DIRECT_RUNNERS, mend_direct_runner
 from pipelines.options import RoyaltyOptions, StreamingOptions, options_help
-from pipelines.supervisor import COUNTERS_FILE, SupervisorSettings, supervise
-from pipelines.transforms import (
-    AggregateLedger,
-    CountBranches,
-    DecodeOutput,
-    DecodePlayMessages,
-    DedupByEventId,
-    DedupOutput,
-    WritePaneFiles,
-    append_window,
-)
+from pipelines.supervisor import SupervisorSettings, supervise
+from pipelines.transforms.attribution import AggregateLedger
+from pipelines.transforms.branches import CountBranches, CountRows, as_is, count_dead_letter
+from pipelines.transforms.decode import DecodeOutput, DecodePlayMessages
+from pipelines.transforms.dedup import DedupByEventId, DedupOutput
+from pipelines.transforms.sinks import PaneCounters, Unwritten, WritePaneFiles
+from pipelines.transforms.windows import append_window
 
 __all__ = [
     "PipelineOutputs",
@@ -70,11 +65,29 @@ LOG = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Sinks:
-    """Where the pipeline's tables go; ``None`` leaves a table to the caller (tests)."""
+    """Where the pipeline's tables go: every output has a sink, or the build fails.
 
-    ledger: beam.PTransform | None = None
-    dead_letters: beam.PTransform | None = None
-    counters: beam.PTransform | None = None
+    Like Beam's ``ErrorHandler``, which refuses a pipeline whose error output nobody
+    consumes: a pipeline without a dead-letter sink would drop dead letters silently. A
+    test that asserts on an output itself says so with ``Unwritten()`` (``Sinks.unwritten()``).
+    """
+
+    ledger: beam.PTransform
+    dead_letters: beam.PTransform
+    counters: beam.PTransform
+
+    def __post_init__(self) -> None:
+        missing = [name for name in ("ledger", "dead_letters", "counters") if getattr(self, name) is None]
+        if missing:
+            raise ValueError(
+                f"no sink for {', '.join(missing)}: every output must be written "
+                "(Unwritten() leaves one to the caller, e.g. a test that asserts on it)"
+            )
+
+    @classmethod
+    def unwritten(cls) -> Sinks:
+        """Every table left in the pipeline for the caller to assert on (tests)."""
+        return cls(ledger=Unwritten(), dead_letters=Unwritten(), counters=Unwritten())
 
 
 @dataclass(frozen=True)
@@ -88,35 +101,38 @@ class PipelineOutputs:
 
 
 def parquet_sinks(data_dir: str, temp_dir: str | None = None) -> Sinks:
-    """The ledger and dead-letter tables as Parquet under ``data_dir``."""
+    """The ledger, dead-letter and counter tables as Parquet under ``data_dir``."""
     base = data_dir.rstrip("/")
     temp = (temp_dir or f"{base}/.tmp").rstrip("/")
     return Sinks(
         ledger=WritePaneFiles(
-            "ledger",
             f"{base}/{LEDGER_DIR}",
             f"{temp}/ledger",
             LEDGER_SCHEMA,
             partition_column="period",
             time_column="period_start",
-            sum_column="plays",
+            counters=PaneCounters(
+                Counter.LEDGER_FILES_WRITTEN,
+                Counter.LEDGER_ROWS_WRITTEN,
+                ("plays", Counter.LEDGER_PLAYS_WRITTEN),
+            ),
         ),
         dead_letters=WritePaneFiles(
-            "dead_letters",
             f"{base}/{DEAD_LETTERS_DIR}",
             f"{temp}/dead_letters",
             DEAD_LETTER_SCHEMA,
             partition_column="minute",
             time_column="dead_at",
+            counters=PaneCounters(Counter.DEAD_LETTERS_FILES_WRITTEN, Counter.DEAD_LETTERS_ROWS_WRITTEN),
             partition_seconds=60,
         ),
         counters=WritePaneFiles(
-            "counters",
             f"{base}/{COUNTERS_DIR}",
             f"{temp}/counters",
             COUNTERS_SCHEMA,
             partition_column="period",
             time_column="period_start",
+            counters=PaneCounters(Counter.COUNTERS_FILES_WRITTEN, Counter.COUNTERS_ROWS_WRITTEN),
         ),
     )
 
@@ -162,59 +178,23 @@ def build(p: beam.Pipeline, source: beam.PTransform, sinks: Sinks, config: Pipel
     }
     counter_rows = counted | "CountBranches" >> CountBranches(
         {
-            "decoded": _CountRows("events_decoded"),
-            "dead_letters": _dead_letter_counter,
-            "unique": _CountRows("events_unique"),
-            "duplicate": _CountRows("events_duplicate"),
-            "conflict": _CountOne("events_conflict"),
-            "outcomes": _as_is,
-            "written": _CountRows("ledger_rows_written"),
+            "decoded": CountRows(Counter.EVENTS_DECODED),
+            "dead_letters": count_dead_letter,
+            "unique": CountRows(Counter.EVENTS_UNIQUE),
+            "duplicate": CountRows(Counter.EVENTS_DUPLICATE),
+            "conflict": count_dead_letter,
+            "outcomes": as_is,
+            "written": CountRows(Counter.LEDGER_ROWS_WRITTEN),
         },
         config.period_seconds,
         config.early_firing_seconds,
         config.allowed_lateness_hours,
         config.late_firing_seconds,
     )
-    if sinks.ledger is not None:
-        _ = ledger_rows | "WriteLedger" >> sinks.ledger
-    if sinks.counters is not None:
-        _ = counter_rows | "WriteCounters" >> sinks.counters
-    if sinks.dead_letters is not None:
-        _ = dead_letters | "WriteDeadLetters" >> sinks.dead_letters
+    _ = ledger_rows | "WriteLedger" >> sinks.ledger
+    _ = counter_rows | "WriteCounters" >> sinks.counters
+    _ = dead_letters | "WriteDeadLetters" >> sinks.dead_letters
     return PipelineOutputs(ledger_rows, dead_letters, deduped[DedupOutput.DUPLICATES.value], counter_rows)
-
-
-@dataclass(frozen=True)
-class _CountRows:
-    """A batch or table → its rows under one counter name.
-
-    A small class, not a closure: a runner that copies a step by pickling it (the direct
-    runner does, for every bundle) then pickles a name, not code.
-    """
-
-    counter: str
-
-    def __call__(self, rows: pa.RecordBatch | pa.Table) -> list[tuple[str, int]]:
-        return [(self.counter, rows.num_rows)]
-
-
-@dataclass(frozen=True)
-class _CountOne:
-    """Any element → one under one counter name."""
-
-    counter: str
-
-    def __call__(self, _element: Any) -> list[tuple[str, int]]:
-        return [(self.counter, 1)]
-
-
-def _as_is(named_count: tuple[str, int]) -> list[tuple[str, int]]:
-    return [named_count]
-
-
-def _dead_letter_counter(row: dict[str, Any]) -> list[tuple[str, int]]:
-    # Undecodable messages and invalid events: one counter per stage that refused them.
-    return [("messages_undecodable" if row["stage"] == "decode" else "events_invalid", 1)]
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -251,6 +231,6 @@ def run(argv: Sequence[str] | None = None) -> int:
             heartbeat_seconds=streaming.heartbeat_seconds,
             drain_timeout_seconds=streaming.drain_timeout_seconds,
             early_firing_seconds=config.early_firing_seconds,
-            counters_path=None if "://" in data_dir else Path(data_dir) / COUNTERS_FILE,
+            counters_path=None if "://" in data_dir else Path(data_dir) / PIPELINE_COUNTERS_FILE,
         ),
     )

@@ -9,9 +9,7 @@ time, and a stop waits until every part that was attributed is in the ledger
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
 import threading
 import time
@@ -19,24 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
-from pipelines.transforms import METRICS_NAMESPACE
+from ledger.counters import Counter, save_counters
+from pipelines.transforms.metrics import counters
 
 __all__ = [
-    "COUNTERS_FILE",
     "Heartbeat",
     "SupervisorSettings",
-    "counters",
-    "load_counters",
-    "save_counters",
     "supervise",
 ]
 
 LOG = logging.getLogger(__name__)
-
-COUNTERS_FILE = "metrics/pipeline_counters.json"
 
 
 @dataclass(frozen=True)
@@ -54,29 +46,19 @@ class SupervisorSettings:
             raise ValueError("heartbeat_seconds must be >= 0; drain and firing periods positive")
 
 
-def counters(result: PipelineResult) -> dict[str, int]:
-    """The pipeline's committed counters, summed over steps."""
-    totals: dict[str, int] = {}
-    query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
-    for counter in query["counters"]:
-        value = counter.attempted if counter.committed is None else counter.committed
-        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
-    return totals
-
-
 def unwritten(totals: dict[str, int]) -> tuple[int, int]:
     """(plays not yet in the ledger, dead letters not yet written), from the counters.
 
     A unique play is first counted when de-duplicated, then by the pane that counts it
     (``plays``), then once per rights holder when its rows are written.
     """
-    plays = totals.get("events_unique", 0) - totals.get("plays", 0)
-    parts = totals.get("attributed_parts", 0) - totals.get("ledger_plays_written", 0)
+    plays = totals.get(Counter.EVENTS_UNIQUE, 0) - totals.get(Counter.PLAYS, 0)
+    parts = totals.get(Counter.ATTRIBUTED_PARTS, 0) - totals.get(Counter.LEDGER_PLAYS_WRITTEN, 0)
     dead = (
-        totals.get("messages_undecodable", 0)
-        + totals.get("events_invalid", 0)
-        + totals.get("events_conflict", 0)
-        - totals.get("dead_letters_rows_written", 0)
+        totals.get(Counter.MESSAGES_UNDECODABLE, 0)
+        + totals.get(Counter.EVENTS_INVALID, 0)
+        + totals.get(Counter.EVENTS_CONFLICT, 0)
+        - totals.get(Counter.DEAD_LETTERS_ROWS_WRITTEN, 0)
     )
     return plays + parts, dead
 
@@ -165,7 +147,9 @@ class _Supervisor:
         stable_since = time.monotonic()
         while time.monotonic() < deadline and not self.failure:
             # Heartbeats keep counting while idle; everything else settles once drained.
-            totals = {name: value for name, value in counters(self.result).items() if name != "heartbeats"}
+            totals = {
+                name: value for name, value in counters(self.result).items() if name != Counter.HEARTBEATS
+            }
             if totals != previous:
                 previous, stable_since = totals, time.monotonic()
             elif unwritten(totals) == (0, 0) and time.monotonic() - stable_since >= settle:
@@ -194,23 +178,6 @@ def supervise(result: PipelineResult, settings: SupervisorSettings) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-def save_counters(totals: dict[str, int], path: Path) -> None:
-    """Write counters as JSON atomically (temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(".tmp")
-    temp.write_text(json.dumps(totals, sort_keys=True, indent=1))
-    os.replace(temp, path)
-
-
-def load_counters(data_dir: Path) -> dict[str, int]:
-    """The counters a local pipeline last saved under ``data_dir`` (empty before the first save)."""
-    try:
-        loaded: dict[str, int] = json.loads((data_dir / COUNTERS_FILE).read_text())
-    except FileNotFoundError:
-        return {}
-    return loaded
 
 
 def _save_counters_until(result: PipelineResult, path: Path, stop: threading.Event) -> None:

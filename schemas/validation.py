@@ -229,7 +229,7 @@ CLIENT_FIELDS: Mapping[str, FieldRule] = {
 }
 """The rule table: one entry per field of the schema except ``received_at``.
 
-The gateway's fast path (``ingest.batch_decoder``) restates these rules as msgspec types
+The gateway's fast path (``ingest.gateway.batch_decoder``) restates these rules as msgspec types
 to check them in C: a rule changed here must change there too. Its tests hold the two
 paths to the same decisions, but only on the values they generate.
 """

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from ingest.pubsub import Emulator, PubSubNames, ensure_topology
+from ingest.pubsub import Emulator, ensure_topology
+from schemas.topology import PubSubNames
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,7 @@ def pubsub_emulator() -> Iterator[str]:
 @pytest.fixture
 def pubsub_names(pubsub_emulator: str) -> PubSubNames:
     """A fresh topic and subscriptions of the contract's shape, private to one test."""
-    names = replace(PubSubNames.scratch("play-events"), project="local-dev")
+    names = PubSubNames(project="local-dev").scratch("play-events")
     ensure_topology(names)
     return names
 

@@ -50,7 +50,7 @@ BALANCES_SQL = (
 def playledger(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real CLI to completion."""
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
+        [sys.executable, "-m", "pipelines.local.cli", *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -205,7 +205,7 @@ def stack(pubsub_emulator: str, tmp_path: Path) -> Iterator[Stack]:
             [
                 sys.executable,
                 "-m",
-                "pipelines.cli",
+                "pipelines.local.cli",
                 "up",
                 "--data-dir",
                 str(data_dir),

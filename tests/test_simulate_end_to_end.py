@@ -69,7 +69,7 @@ def up(pubsub_emulator: str, tmp_path: Path) -> Iterator[Up]:
     env.pop("PLAYLEDGER_API_KEYS", None)
     env["PLAYLEDGER_PROJECT"] = f"playledger-sim-{uuid.uuid4().hex[:8]}"
     log = tmp_path / "up.log"
-    command = [sys.executable, "-m", "pipelines.cli", "up", "--data-dir", str(data_dir)]
+    command = [sys.executable, "-m", "pipelines.local.cli", "up", "--data-dir", str(data_dir)]
     command += [
         "--gateway-port",
         str(gateway_port),
@@ -104,7 +104,7 @@ def ledger_balances(data_dir: Path) -> dict[str, Balance]:
         [
             sys.executable,
             "-m",
-            "pipelines.cli",
+            "pipelines.local.cli",
             "ledger",
             "sql",
             "--data-dir",
@@ -139,7 +139,7 @@ def test_a_seeded_simulation_against_up_lands_in_the_ledger_exactly_as_its_groun
     up: Up, tmp_path: Path
 ) -> None:
     truth_path, summary_path = tmp_path / "truth.parquet", tmp_path / "summary.json"
-    simulate = [sys.executable, "-m", "pipelines.cli", "simulate", "--data-dir", str(up.data_dir)]
+    simulate = [sys.executable, "-m", "pipelines.local.cli", "simulate", "--data-dir", str(up.data_dir)]
     simulate += ["--gateway-url", up.gateway_url, "--cdn-url", up.cdn_url, "--seed", str(SEED)]
     simulate += ["--users", "80", "--duration", "4h", "--speed", "2400", "--start", "2026-11-27T16:00:00Z"]
     simulate += ["--truth", str(truth_path), "--summary-json", str(summary_path), "--drop-ack-share", "0.08"]
@@ -209,7 +209,7 @@ def test_a_simulation_killed_mid_run_and_run_again_loses_nothing_and_counts_noth
         tmp_path / "truth.parquet",
         tmp_path / "s.json",
     )
-    simulate = [sys.executable, "-m", "pipelines.cli", "simulate", "--data-dir", str(up.data_dir)]
+    simulate = [sys.executable, "-m", "pipelines.local.cli", "simulate", "--data-dir", str(up.data_dir)]
     simulate += ["--gateway-url", up.gateway_url, "--cdn-url", up.cdn_url, "--seed", str(SEED + 1)]
     simulate += ["--users", "150", "--duration", "3h", "--speed", "1500", "--start", "2026-11-27T17:00:00Z"]
     simulate += ["--outbox", str(outbox), "--truth", str(truth_path), "--summary-json", str(summary_path)]

@@ -20,10 +20,10 @@ from client_events import play as play  # re-exported: the gateway tests import 
 from google.api_core import exceptions as gexc
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest.pubsub import PubSubNames
-from ingest.settings import GatewaySettings
+from ingest.gateway.settings import GatewaySettings
 from ledger.views import open_ledger, run_sql
 from schemas.codec import decode_batch
+from schemas.topology import PubSubNames
 
 API_KEY = "test-key-3f9a1c0b7d2e"
 OTHER_KEY = "other-key-88e1b7a2c4d6"

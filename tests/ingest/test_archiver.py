@@ -28,10 +28,14 @@ import pyarrow.parquet as pq
 import pytest
 from google.api_core import exceptions as gexc
 
-from ingest.archive_buckets import CLOSED_MARKER
-from ingest.archiver import COUNTERS_FILE, TEMP_DIR, Archiver, ArchiverSettings, load_archiver_counters
-from ingest.pubsub import PubSubNames
-from ledger.tables import ARCHIVE_SCHEMA
+from ingest.archiver.service import (
+    COUNTERS_FILE,
+    TEMP_DIR,
+    Archiver,
+    ArchiverSettings,
+    load_archiver_counters,
+)
+from ledger.tables import ARCHIVE_SCHEMA, CLOSED_MARKER
 from ledger.views import open_ledger, run_sql
 from schemas.codec import (
     ATTR_BATCH_ID,
@@ -41,6 +45,7 @@ from schemas.codec import (
     encode_batch,
     event_field_names,
 )
+from schemas.topology import PubSubNames
 
 pytestmark = pytest.mark.emulator
 
@@ -471,7 +476,7 @@ def test_kill_9_mid_stream_loses_nothing_and_duplicates_only_whole_messages(
     command = [
         sys.executable,
         "-m",
-        "pipelines.cli",
+        "pipelines.local.cli",
         "archive",
         "--data-dir",
         str(data_dir),

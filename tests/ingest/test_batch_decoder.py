@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from play_strategies import valid_plays
 
-from ingest.batch_decoder import decode_clean_batch
-from ingest.gateway import BodyError, _events_of, _parse_json, read_batch, validate_batch
+from ingest.gateway.app import BodyError, _events_of, _parse_json, read_batch, validate_batch
+from ingest.gateway.batch_decoder import decode_clean_batch
 from schemas.validation import CLIENT_FIELDS, MAX_ID_CHARS, MAX_MS_PLAYED
 
 RECEIVED_AT = datetime(2026, 11, 28, 6, 0, 5, 250_000, tzinfo=UTC)
@@ -240,7 +240,7 @@ def test_read_batch_takes_the_same_decisions_as_before(monkeypatch: pytest.Monke
     valid = play()
     with monkeypatch.context() as patch:
         # A clean body never reaches the full path: the fast path answers it alone.
-        patch.setattr("ingest.gateway.validate_batch", lambda *_: pytest.fail("took the full path"))
+        patch.setattr("ingest.gateway.app.validate_batch", lambda *_: pytest.fail("took the full path"))
         assert read_batch(body_of([valid, play()]), RECEIVED_AT, MAX_EVENTS)[1] == []
     accepted, rejected = read_batch(body_of([valid, play(ms_played=-1)]), RECEIVED_AT, MAX_EVENTS)
     assert [event["event_id"] for event in accepted] == [valid["event_id"]]

@@ -33,8 +33,8 @@ from hypothesis import strategies as st
 from play_strategies import CONTEXTS, PRODUCTS
 from served_gateway import RunningGateway
 
-from ingest.gateway import EventPublisher, create_app
-from ingest.pubsub import PubSubNames
+from ingest.gateway.app import EventPublisher, create_app
+from schemas.topology import PubSubNames
 from schemas.validation import BITRATES_KBPS, CLIENT_FIELDS, MAX_MS_PLAYED, parse_rfc3339
 
 pytestmark = pytest.mark.emulator

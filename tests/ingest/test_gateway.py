@@ -34,9 +34,10 @@ from gateway_client import (
 )
 from served_gateway import RunningGateway
 
-from ingest.gateway import EventPublisher, create_app
-from ingest.pubsub import PubSubNames, free_port
+from ingest.gateway.app import EventPublisher, create_app
+from ingest.pubsub import free_port
 from schemas.codec import EncodedBatch
+from schemas.topology import PubSubNames
 
 pytestmark = pytest.mark.emulator
 
@@ -464,8 +465,8 @@ def test_an_unexpected_error_is_a_500_without_details(pubsub_names: PubSubNames,
 
 SERVE_SCRIPT = """
 import logging, sys
-from ingest.gateway import GatewaySettings, serve
-from ingest.pubsub import PubSubNames
+from ingest.gateway.app import GatewaySettings, serve
+from schemas.topology import PubSubNames
 
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 names = PubSubNames(project="local-dev", topic_id=sys.argv[1])

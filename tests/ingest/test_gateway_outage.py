@@ -15,8 +15,9 @@ import pytest
 from gateway_client import metric_samples, play, poll, post_events, receipts, settings_for
 from served_gateway import RunningGateway
 
-from ingest.gateway import EventPublisher, create_app
-from ingest.pubsub import Emulator, PubSubNames, ensure_topology
+from ingest.gateway.app import EventPublisher, create_app
+from ingest.pubsub import Emulator, ensure_topology
+from schemas.topology import PubSubNames
 
 pytestmark = pytest.mark.emulator
 

@@ -26,9 +26,10 @@ import google.cloud.pubsub_v1 as pubsub_v1
 import pytest
 from gateway_client import API_KEY, OTHER_KEY, play, poll, post_events, pull_event_ids, receipts
 
-from ingest.journal import open_receipt_files, sealed_receipt_files
-from ingest.keys import key_id
-from ingest.pubsub import PubSubNames, ensure_topology, free_port
+from ingest.gateway.keys import key_id
+from ingest.pubsub import ensure_topology, free_port
+from ledger.receipts import open_receipt_files, sealed_receipt_files
+from schemas.topology import PubSubNames
 
 pytestmark = pytest.mark.emulator
 
@@ -55,7 +56,7 @@ def gateway_command(port: int, data_dir: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "pipelines.cli",
+        "pipelines.local.cli",
         "gateway",
         "--port",
         str(port),

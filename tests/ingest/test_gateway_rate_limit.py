@@ -6,8 +6,8 @@ these tests move the clock instead of sleeping through windows.
 
 from __future__ import annotations
 
-from ingest.gateway import _RateLimiter
-from ingest.settings import parse_rate_limit
+from ingest.gateway.app import _RateLimiter
+from ingest.gateway.settings import parse_rate_limit
 
 
 class Clock:

@@ -19,13 +19,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ingest.journal import (
-    RECEIPT_SCHEMA,
-    JournalError,
-    ReceiptJournal,
-    open_receipt_files,
-    sealed_receipt_files,
-)
+from ingest.gateway.journal import JournalError, ReceiptJournal
+from ledger.receipts import open_receipt_files, sealed_receipt_files
+from ledger.tables import RECEIPT_SCHEMA
 from ledger.views import open_ledger, run_sql
 
 SIX = datetime(2026, 11, 28, 6, tzinfo=UTC)
@@ -304,7 +300,7 @@ def test_after_a_slow_sync_bursts_go_through_the_writer_thread_until_syncs_are_f
         if len(synced_on) == 1:
             time.sleep(0.2)
 
-    monkeypatch.setattr("ingest.journal.os.fdatasync", fdatasync)
+    monkeypatch.setattr("ingest.gateway.journal.os.fdatasync", fdatasync)
     loop_thread = threading.current_thread().name
 
     async def scenario() -> None:

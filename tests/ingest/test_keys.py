@@ -26,9 +26,9 @@ from gateway_client import (
 )
 from served_gateway import RunningGateway
 
-from ingest.gateway import EventPublisher, create_app
-from ingest.keys import ApiKeyStore, key_id, read_api_keys_file
-from ingest.pubsub import PubSubNames
+from ingest.gateway.app import EventPublisher, create_app
+from ingest.gateway.keys import ApiKeyStore, key_id, read_api_keys_file
+from schemas.topology import PubSubNames
 
 FIRST = "first-key-0a1b2c3d"
 SECOND = "second-key-4e5f6a7b"
@@ -61,7 +61,7 @@ def test_reload_applies_a_new_file_and_logs_key_ids_only(
         read_api_keys_file(key_file), key_file, on_change=counts.append, on_reload=outcomes.append
     )
     replace_file(key_file, f"# {SECOND} revoked on 2026-11-28\n{FIRST}\nthird-key-8c9d0e1f\n")
-    with caplog.at_level(logging.INFO, logger="ingest.keys"):
+    with caplog.at_level(logging.INFO, logger="ingest.gateway.keys"):
         assert store.reload_if_changed()
     assert store.authenticate(SECOND.encode()) is None
     assert store.authenticate(b"third-key-8c9d0e1f") == key_id("third-key-8c9d0e1f")
@@ -93,7 +93,7 @@ def test_a_broken_file_keeps_the_keys_in_force(
         key_file.unlink()
     else:
         replace_file(key_file, content)
-    with caplog.at_level(logging.ERROR, logger="ingest.keys"):
+    with caplog.at_level(logging.ERROR, logger="ingest.gateway.keys"):
         assert not store.reload("SIGHUP")
     assert store.key_ids == {key_id(FIRST), key_id(SECOND)}
     assert outcomes == ["refused"]

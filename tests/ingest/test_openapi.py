@@ -19,9 +19,9 @@ import pytest
 from gateway_client import AUTH, JSON_BODY, OTHER_KEY, Reply, call, play, post_events, settings_for
 from served_gateway import RunningGateway
 
-from ingest.gateway import OPENAPI_FILE, EventPublisher, create_app
-from ingest.pubsub import PubSubNames
+from ingest.gateway.app import OPENAPI_FILE, EventPublisher, create_app
 from schemas.codec import EncodedBatch, load_schema
+from schemas.topology import PubSubNames
 from schemas.validation import BITRATES_KBPS, CLIENT_FIELDS, MAX_ID_CHARS, MAX_MS_PLAYED
 
 pytestmark = pytest.mark.emulator

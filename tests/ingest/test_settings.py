@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from ingest.pubsub import PubSubNames
-from ingest.settings import GatewaySettings, parse_api_keys
+from ingest.gateway.settings import GatewaySettings, parse_api_keys
+from schemas.topology import PubSubNames
 
 GOOD_KEY = "k3y-9f2c61d0a7"
 DATA = Path("/tmp/playledger-settings-test")

@@ -23,28 +23,21 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
 from sample_plays import EPOCH, message, play
 
-from ingest.archive_buckets import HOUR, HourBuckets
+from ingest.archiver.buckets import HOUR, HourBuckets
 from ledger.catalog import DEFAULT_CATALOG_DIR, Catalog
-from ledger.tables import partition_name
+from ledger.tables import FINAL_LEDGER_DIR, partition_name
 from ledger.views import open_ledger, run_sql
-from pipelines.batch import (
-    DEFAULT_CANDIDATE_BITS,
-    DEFAULT_SHARDS,
-    FINAL_LEDGER_DIR,
-    ArchiveReads,
-    FirstCopiesInPeriod,
-    Period,
-    ReadArchiveFiles,
-    WriteFinalLedger,
-    archive_files,
-    build,
-)
+from pipelines.batch import build
 from pipelines.batch import run as batch_run
 from pipelines.config import PipelineConfig
 from pipelines.streaming import build as build_streaming
 from pipelines.streaming import parquet_sinks
-from pipelines.supervisor import counters
-from pipelines.transforms import PlayCounts
+from pipelines.transforms.archive_reads import ArchiveReads, ReadArchiveFiles, archive_files
+from pipelines.transforms.counting import PlayCounts
+from pipelines.transforms.exact_dedup import DEFAULT_CANDIDATE_BITS, DEFAULT_SHARDS, FirstCopiesInPeriod
+from pipelines.transforms.metrics import counters
+from pipelines.transforms.periods import Period
+from pipelines.transforms.sinks import WriteFinalLedger
 
 PERIOD_SECONDS = 60
 BASE = int(EPOCH.timestamp())

@@ -11,8 +11,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.combiners import TupleCombineFn
 from sample_plays import message, play
 
-from pipelines.play_batches import decode_plays
-from pipelines.transforms import CountPlaysFn, count_plays
+from pipelines.transforms.counting import CountPlaysFn, count_plays
+from pipelines.transforms.play_batches import decode_plays
 
 
 def batch_of(*plays: dict[str, Any]) -> Any:

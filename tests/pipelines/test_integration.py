@@ -25,14 +25,15 @@ from apache_beam.runners.runner import PipelineResult
 from reference_royalties import UNMATCHED, Balance, ReferenceCatalog, expected_balances
 from served_gateway import RunningGateway
 
-from ingest.gateway import EventPublisher, GatewaySettings, create_app
-from ingest.pubsub import PubSubNames
+from ingest.gateway.app import EventPublisher, GatewaySettings, create_app
 from ledger.catalog import DEFAULT_CATALOG_DIR
 from ledger.views import open_ledger, run_sql
 from pipelines.config import PipelineConfig
 from pipelines.direct_runner import mend_direct_runner
 from pipelines.streaming import build, parquet_sinks
-from pipelines.supervisor import Heartbeat, counters
+from pipelines.supervisor import Heartbeat
+from pipelines.transforms.metrics import counters
+from schemas.topology import PubSubNames
 
 pytestmark = pytest.mark.emulator
 

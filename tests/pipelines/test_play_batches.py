@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sample_plays import EPOCH, message, play
 
-from pipelines.play_batches import (
+from pipelines.transforms.play_batches import (
     PLAY_SCHEMA,
     ArrowBatchCoder,
     ArrowTableCoder,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.remembered_ids import (
+from pipelines.transforms.remembered_ids import (
     BYTES_PER_ID,
     EXPIRES,
     FINGERPRINT,

@@ -22,7 +22,7 @@ from sample_plays import EPOCH, message, play
 from ledger.views import open_ledger, run_sql
 from pipelines.config import PipelineConfig
 from pipelines.streaming import Sinks, build, parquet_sinks
-from pipelines.transforms import DecodeOutput, DecodePlayMessages
+from pipelines.transforms.decode import DecodeOutput, DecodePlayMessages
 from schemas.codec import ATTR_KIND, KIND_HEARTBEAT
 
 PERIOD = 60
@@ -109,7 +109,7 @@ def test_duplicate_in_a_later_period_is_dropped_and_late_play_is_a_delta(tiny_ca
         .advance_watermark_to_infinity()
     )
     with streaming_pipeline() as p:
-        outputs = build(p, stream, Sinks(), config(tiny_catalog))
+        outputs = build(p, stream, Sinks.unwritten(), config(tiny_catalog))
         assert_that(
             outputs.ledger_rows | "LedgerRows" >> beam.FlatMap(rows) | beam.Map(summary),
             equal_to_per_window(
@@ -156,7 +156,7 @@ def test_unknown_track_goes_to_suspense(tiny_catalog: Path) -> None:
     unknown = play("NOT-IN-CATALOG", received_second=5)
     stream = TestStream().advance_watermark_to(BASE).add_elements([at(5, message(unknown))])
     with streaming_pipeline() as p:
-        outputs = build(p, stream.advance_watermark_to_infinity(), Sinks(), config(tiny_catalog))
+        outputs = build(p, stream.advance_watermark_to_infinity(), Sinks.unwritten(), config(tiny_catalog))
         assert_that(
             outputs.ledger_rows | "LedgerRows" >> beam.FlatMap(rows) | beam.Map(summary),
             equal_to([("UNMATCHED", "NOT-IN-CATALOG", 1, 1, 1000, "ON_TIME")]),
@@ -190,7 +190,7 @@ def test_bad_messages_and_invalid_events_are_dead_lettered_beside_good_ones(tiny
         .advance_watermark_to_infinity()
     )
     with streaming_pipeline() as p:
-        outputs = build(p, stream, Sinks(), config(tiny_catalog))
+        outputs = build(p, stream, Sinks.unwritten(), config(tiny_catalog))
         assert_that(
             outputs.ledger_rows | "LedgerRows" >> beam.FlatMap(rows) | beam.Map(summary),
             equal_to([("RH_B", "T2", 1, 1, 1000, "ON_TIME")]),
@@ -269,7 +269,7 @@ def test_dedup_state_expires_after_the_horizon(tiny_catalog: Path) -> None:
     )
     one_hour = replace(config(tiny_catalog), dedup_horizon_hours=1)
     with streaming_pipeline() as p:
-        outputs = build(p, stream, Sinks(), one_hour)
+        outputs = build(p, stream, Sinks.unwritten(), one_hour)
         assert_that(
             outputs.duplicates
             | "DuplicateRows" >> beam.FlatMap(rows)
@@ -297,7 +297,7 @@ def test_a_conflicting_duplicate_counts_once_and_is_recorded(tiny_catalog: Path)
         .advance_watermark_to_infinity()
     )
     with streaming_pipeline() as p:
-        outputs = build(p, stream, Sinks(), config(tiny_catalog))
+        outputs = build(p, stream, Sinks.unwritten(), config(tiny_catalog))
         assert_that(
             outputs.ledger_rows | "LedgerRows" >> beam.FlatMap(rows) | beam.Map(summary),
             equal_to([("RH_B", "T2", 1, 1, 1000, "ON_TIME")]),  # the first copy, once
@@ -330,7 +330,7 @@ def test_counters_balance_per_period(tiny_catalog: Path) -> None:
         .advance_watermark_to_infinity()
     )
     with streaming_pipeline() as p:
-        outputs = build(p, stream, Sinks(), config(tiny_catalog))
+        outputs = build(p, stream, Sinks.unwritten(), config(tiny_catalog))
         assert_that(
             outputs.counters | beam.Map(lambda row: (row["counter"], row["value"])),
             equal_to_per_window(
@@ -384,7 +384,7 @@ def test_dedup_remembers_across_many_batches_and_both_letter_cases(tiny_catalog:
     stream = stream.advance_watermark_to_infinity()
     one_shard = replace(config(tiny_catalog), dedup_shards=1)
     with streaming_pipeline() as p:
-        outputs = build(p, stream, Sinks(), one_shard)
+        outputs = build(p, stream, Sinks.unwritten(), one_shard)
         assert_that(
             outputs.counters | beam.Map(lambda row: (row["counter"], row["value"])),
             equal_to_per_window(

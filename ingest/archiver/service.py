@@ -34,11 +34,11 @@ import google.cloud.pubsub_v1 as pubsub_v1
 from google.api_core import exceptions as gexc
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from ingest.archive_buckets import HourBuckets, make_durable_dir
-from ingest.archive_messages import HeldMessage, hold_message
+from ingest.archiver.buckets import HourBuckets
+from ingest.archiver.messages import HeldMessage, hold_message
+from ledger.counters import save_counters
+from ledger.storage import make_durable_dir, write_parquet_atomically
 from ledger.tables import ARCHIVE_DIR, DEAD_LETTER_SCHEMA, DEAD_LETTERS_DIR, partition_name
-from pipelines.files import write_parquet_atomically
-from pipelines.supervisor import save_counters
 
 __all__ = [
     "COUNTERS_FILE",
@@ -319,9 +319,8 @@ class Archiver:
             self.counters.events_archived += len(rows)
         for minute, rows in dead_by_minute.items():
             folder = self.data_dir / DEAD_LETTERS_DIR / partition_name("minute", minute)
-            make_durable_dir(folder)
             stem = f"part-archive-{now.strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:12]}"
-            write_parquet_atomically(rows, DEAD_LETTER_SCHEMA, str(folder), str(self.temp_dir), stem)
+            write_parquet_atomically(rows, DEAD_LETTER_SCHEMA, folder, self.temp_dir, stem)
             self.counters.dead_letter_files_written += 1
             self.counters.dead_letters += len(rows)
         ack_ids = [ack_id for held in self.held.values() for ack_id in held.ack_ids]

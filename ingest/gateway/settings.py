@@ -16,7 +16,7 @@ from typing import Any
 
 import limits
 
-from ingest.keys import (
+from ingest.gateway.keys import (
     API_KEYS_ENV,
     API_KEYS_FILE_ENV,
     MIN_API_KEY_CHARS,
@@ -24,7 +24,7 @@ from ingest.keys import (
     parse_api_keys,
     read_api_keys_file,
 )
-from ingest.pubsub import PubSubNames
+from schemas.topology import DEFAULT_PROJECT, PubSubNames
 
 __all__ = [
     "API_KEYS_ENV",
@@ -70,7 +70,7 @@ class GatewaySettings:
     keys_poll_seconds: float = 1.0
     host: str = "127.0.0.1"
     port: int = 8080
-    names: PubSubNames = field(default_factory=PubSubNames)
+    names: PubSubNames = field(default_factory=lambda: PubSubNames(project=DEFAULT_PROJECT))
     max_events: int = 500
     max_body_bytes: int = 1_048_576
     rate_limit: str = "1000/second"
@@ -134,7 +134,7 @@ class GatewaySettings:
         if unknown:
             raise ValueError(f"unknown gateway setting(s): {', '.join(unknown)}")
         env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
+        values: dict[str, Any] = {"names": PubSubNames.from_env(env)}
         key_file = env.get(API_KEYS_FILE_ENV, "").strip()
         if key_file:
             if env.get(API_KEYS_ENV, "").strip():

@@ -13,13 +13,11 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipelines.transforms import dead_letter, event_json
+from ledger.dead_letters import DeadLetterStage, dead_letter, event_json
 from schemas.codec import ATTR_BATCH_ID, ATTR_KIND, KIND_HEARTBEAT, DecodeError, decode_batch
 from schemas.validation import check_decoded_event
 
-__all__ = ["DEAD_LETTER_STAGE", "HeldMessage", "hold_message"]
-
-DEAD_LETTER_STAGE = "archive"
+__all__ = ["HeldMessage", "hold_message"]
 
 
 @dataclass
@@ -56,7 +54,7 @@ def hold_message(
         events = decode_batch(data, attributes)
     except DecodeError as error:
         held.undecodable = True
-        held.dead_letters.append(dead_letter(DEAD_LETTER_STAGE, str(error), data, attributes))
+        held.dead_letters.append(dead_letter(DeadLetterStage.ARCHIVE, str(error), data, attributes))
         return held
     envelope = {
         "message_id": message_id,
@@ -68,7 +66,9 @@ def hold_message(
         if errors:
             raw = event_json(event)
             held.dead_letters.append(
-                dead_letter(DEAD_LETTER_STAGE, "; ".join(errors), raw, attributes, event.get("event_id"))
+                dead_letter(
+                    DeadLetterStage.ARCHIVE, "; ".join(errors), raw, attributes, event.get("event_id")
+                )
             )
             continue
         held.rows.append({**event, **envelope})

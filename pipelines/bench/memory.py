@@ -30,12 +30,15 @@ from apache_beam.io.gcp.pubsub import ReadFromPubSub
 from apache_beam.options.pipeline_options import PipelineOptions
 from rich.console import Console
 
-from ingest.pubsub import PubSubNames, emulator_from_env_or_started, ensure_topology
+from ingest.pubsub import emulator_from_env_or_started, ensure_topology
 from pipelines.direct_runner import mend_direct_runner
-from pipelines.remembered_ids import BYTES_PER_ID
-from pipelines.supervisor import Heartbeat, counters
-from pipelines.transforms import PRUNE_SECONDS, DecodeOutput, DecodePlayMessages, DedupByEventId, DedupOutput
+from pipelines.supervisor import Heartbeat
+from pipelines.transforms.decode import DecodeOutput, DecodePlayMessages
+from pipelines.transforms.dedup import PRUNE_SECONDS, DedupByEventId, DedupOutput
+from pipelines.transforms.metrics import counters
+from pipelines.transforms.remembered_ids import BYTES_PER_ID
 from schemas.codec import encode_batch
+from schemas.topology import PubSubNames
 
 __all__ = ["MemoryReport", "bench_dedup_memory"]
 
@@ -166,7 +169,7 @@ def bench_dedup_memory(
     mend_direct_runner()
     report = MemoryReport(rate=rate, horizon_seconds=horizon_seconds)
     with emulator_from_env_or_started():
-        names = PubSubNames.scratch("bench-memory")
+        names = PubSubNames.from_env().scratch("bench-memory")
         ensure_topology(names)
         pipeline = beam.Pipeline(
             options=PipelineOptions([], streaming=True, runner="BundleBasedDirectRunner")

@@ -44,18 +44,20 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from rich.console import Console
 from rich.table import Table
 
-from ingest.archive_buckets import HOUR, HourBuckets
-from ingest.pubsub import PubSubNames, emulator_from_env_or_started, ensure_topology
+from ingest.archiver.buckets import HOUR, HourBuckets
+from ingest.pubsub import emulator_from_env_or_started, ensure_topology
 from ledger.catalog import DEFAULT_CATALOG_DIR, Catalog
 from ledger.tables import ARCHIVE_DIR, partition_name
 from pipelines import batch
-from pipelines.bench_memory import bench_dedup_memory, describe
+from pipelines.bench.memory import bench_dedup_memory, describe
 from pipelines.config import PipelineConfig
 from pipelines.direct_runner import mend_direct_runner
 from pipelines.streaming import build, parquet_sinks
-from pipelines.supervisor import Heartbeat, counters
-from pipelines.transforms import DecodePlayMessages
+from pipelines.supervisor import Heartbeat
+from pipelines.transforms.decode import DecodePlayMessages
+from pipelines.transforms.metrics import counters
 from schemas.codec import encode_batch
+from schemas.topology import PubSubNames
 
 __all__ = ["main"]
 
@@ -118,7 +120,7 @@ def bench_streaming(events: int, per_message: int, console: Console) -> tuple[fl
     mend_direct_runner()
     with emulator_from_env_or_started():
         # The royalties subscription feeds the whole pipeline, the archive one the ceiling.
-        names = PubSubNames.scratch("bench")
+        names = PubSubNames.from_env().scratch("bench")
         ensure_topology(names)
         with console.status(f"publishing {events:,} events in messages of {per_message}…"):
             _publish_backlog(names.topic, events, per_message)

@@ -4,7 +4,7 @@ One request carries a batch ``{"events": [...]}``. The gateway checks, in this o
 before it reads the body: the API key (401), the key's rate limit (429 with
 ``Retry-After``), the content type (415) and the declared size (413). It then parses
 the body (400), counts the events (413), validates every event against the v1
-contract (a body whose every event is valid in one pass, ``ingest/batch_decoder.py``),
+contract (a body whose every event is valid in one pass, ``ingest/gateway/batch_decoder.py``),
 stamps the valid ones with one ``received_at`` from its own clock, encodes
 them with the shared codec into one Pub/Sub message, waits for Pub/Sub to confirm it,
 appends a receipt per event to the journal and syncs it, and only then replies::
@@ -16,7 +16,7 @@ appends a receipt per event to the journal and syncs it, and only then replies::
 (nothing accepted), or when too many publishes are in flight already: the gateway
 sheds load rather than queue it without bound. Every error is ``{"error": "<message>"}``.
 ``GET /healthz`` answers 200 when ready (503 while stopping), ``GET /metrics`` the
-Prometheus metrics, ``GET /openapi.json`` the API document (``ingest/openapi.json``).
+Prometheus metrics, ``GET /openapi.json`` the API document (``ingest/gateway/openapi.json``).
 
 Run it with ``serve(settings)``; SIGINT or SIGTERM stops accepting connections, lets
 in-flight requests finish their publishes, seals the journal and closes the publisher.
@@ -47,13 +47,13 @@ from aiohttp.typedefs import Handler
 from limits import RateLimitItem
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ingest.batch_decoder import decode_clean_batch, prepare_decoder
-from ingest.journal import JournalError, ReceiptJournal
-from ingest.keys import ApiKeyStore
-from ingest.logs import REQUEST_ID_HEADER, request_id_for, reset_request_id, set_request_id
-from ingest.metrics import GatewayMetrics
-from ingest.publisher import BatchPublisher, EventPublisher, PublishError
-from ingest.settings import GatewaySettings
+from ingest.gateway.batch_decoder import decode_clean_batch, prepare_decoder
+from ingest.gateway.journal import JournalError, ReceiptJournal
+from ingest.gateway.keys import ApiKeyStore
+from ingest.gateway.logs import REQUEST_ID_HEADER, request_id_for, reset_request_id, set_request_id
+from ingest.gateway.metrics import GatewayMetrics
+from ingest.gateway.publisher import BatchPublisher, EventPublisher, PublishError
+from ingest.gateway.settings import GatewaySettings
 from schemas.codec import encode_batch
 from schemas.validation import validate_event
 

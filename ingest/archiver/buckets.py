@@ -18,9 +18,7 @@ file the archiver has acknowledged messages for survives a power cut.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
-import os
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,42 +26,15 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from ingest.durable import fsync_dir, make_durable_dir
-from ledger.tables import ARCHIVE_SCHEMA, partition_name
-from pipelines.files import write_parquet_atomically
+from ledger.storage import make_durable_dir, write_json_atomically, write_parquet_atomically
+from ledger.tables import ARCHIVE_SCHEMA, BUCKET_COLUMN, CLOSED_MARKER, floor_hour, partition_name
 
-__all__ = [
-    "BUCKET_COLUMN",
-    "CLOSED_MARKER",
-    "HOUR",
-    "HourBuckets",
-    "floor_hour",
-    "fsync_dir",
-    "make_durable_dir",
-]
+__all__ = ["HOUR", "HourBuckets"]
 
 LOG = logging.getLogger(__name__)
 
 HOUR = dt.timedelta(hours=1)
-BUCKET_COLUMN = "hour"
-CLOSED_MARKER = "_CLOSED"
 _FOLDER_TIME = "%Y%m%dT%H%M%SZ"
-
-
-def floor_hour(moment: dt.datetime) -> dt.datetime:
-    """The start of the UTC hour holding ``moment`` (an aware datetime)."""
-    return moment.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def _write_bytes_atomically(data: bytes, final_path: Path, temp_dir: Path) -> None:
-    temp_dir.mkdir(parents=True, exist_ok=True)
-    temp_path = temp_dir / f"{uuid.uuid4().hex}-{final_path.name}"
-    with temp_path.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp_path, final_path)
-    fsync_dir(final_path.parent)
 
 
 def _folder_hour(name: str) -> dt.datetime | None:
@@ -138,7 +109,7 @@ class HourBuckets:
         make_durable_dir(folder)
         self.open_hours.add(hour)
         stem = f"part-{archived_at.astimezone(dt.UTC).strftime('%Y%m%dT%H%M%S%fZ')}-{uuid.uuid4().hex[:12]}"
-        return Path(write_parquet_atomically(rows, ARCHIVE_SCHEMA, str(folder), str(self.temp_dir), stem))
+        return write_parquet_atomically(rows, ARCHIVE_SCHEMA, folder, self.temp_dir, stem)
 
     def due_hours(self, now: dt.datetime) -> list[dt.datetime]:
         """Hours to close at ``now``: every due open folder and the empty hours between."""
@@ -160,7 +131,6 @@ class HourBuckets:
     def close(self, hour: dt.datetime, now: dt.datetime) -> Path:
         """Close one bucket: write its ``_CLOSED`` manifest atomically; return the marker's path."""
         folder = self.folder(hour)
-        make_durable_dir(folder)
         # The manifest lets an auditor check later that the folder is what was closed.
         files = {part.name: pq.read_metadata(part).num_rows for part in sorted(folder.glob("*.parquet"))}
         manifest = {
@@ -171,9 +141,7 @@ class HourBuckets:
             "rows": sum(files.values()),
         }
         marker = folder / CLOSED_MARKER
-        _write_bytes_atomically(
-            (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode(), marker, self.temp_dir
-        )
+        write_json_atomically(manifest, marker, self.temp_dir)
         self.open_hours.discard(hour)
         self.closed_hours.add(hour)
         LOG.info("closed bucket %s: %d files, %d rows", folder.name, len(files), manifest["rows"])

@@ -29,9 +29,9 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from ledger.allocation import attribute_play
 from ledger.catalog import DEFAULT_CATALOG_DIR, FALLBACK_TERRITORY, Catalog
+from ledger.counters import PIPELINE_COUNTERS_FILE, load_counters
 from ledger.views import open_ledger, run_sql
-from pipelines.stack import LocalStack, StackSettings
-from pipelines.supervisor import load_counters
+from pipelines.local.stack import LocalStack, StackSettings
 
 __all__ = ["Traffic", "generate_traffic", "run_demo"]
 
@@ -226,7 +226,7 @@ def run_demo(
             while time.monotonic() < deadline:
                 stack.check()
                 ledger = _ledger_balances(data_dir)
-                counters = load_counters(data_dir)
+                counters = load_counters(data_dir / PIPELINE_COUNTERS_FILE)
                 if (
                     sum(plays for plays, _, _ in ledger.values()) >= expected_parts
                     and counters.get("events_duplicate", 0) >= traffic.resent
@@ -238,7 +238,7 @@ def run_demo(
         with console.status("stopping (gateway, then pipeline after it writes out, then emulator)…"):
             stop_status = stack.stop()
     ledger = _ledger_balances(data_dir)
-    counters = load_counters(data_dir)
+    counters = load_counters(data_dir / PIPELINE_COUNTERS_FILE)
 
     names = {holder.rights_holder_id: holder for holder in catalog.rights_holders.values()}
     table = Table(title=f"Balances per rights holder ({catalog.currency})", show_footer=True)

@@ -26,10 +26,11 @@ from typing import IO
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from ingest.cdn.settings import DEFAULT_CDN_PORT
-from ingest.keys import read_api_keys_file
+from ingest.gateway.keys import read_api_keys_file
+from ingest.gateway.settings import API_KEYS_ENV, API_KEYS_FILE_ENV, parse_api_keys
 from ingest.processes import stop_process
-from ingest.pubsub import EMULATOR_ENV, Emulator, PubSubNames, ensure_topology, free_port
-from ingest.settings import API_KEYS_ENV, API_KEYS_FILE_ENV, parse_api_keys
+from ingest.pubsub import EMULATOR_ENV, Emulator, ensure_topology, free_port
+from schemas.topology import PubSubNames
 
 __all__ = ["LocalStack", "StackError", "StackSettings"]
 
@@ -60,7 +61,7 @@ class LocalStack:
 
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
-        self.names = PubSubNames()
+        self.names = PubSubNames.from_env()
         self.data_dir = settings.data_dir.resolve()
         self.api_key = ""
         self._emulator: Emulator | None = None
@@ -149,7 +150,7 @@ class LocalStack:
         # A session of its own: a Ctrl-C at the terminal reaches only this process,
         # which then stops the children in the order that loses nothing.
         return subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", *args],
+            [sys.executable, "-m", "pipelines.local.cli", *args],
             env=self._env,
             stdin=subprocess.DEVNULL,
             stdout=output,

@@ -6,14 +6,9 @@ For every accepted batch the gateway appends one line per event,
 ``event_id`` in the journal was confirmed published by Pub/Sub (``message_id``) and
 must be counted by the pipeline exactly once.
 
-Layout under ``<data-dir>/journal/``::
-
-    open/receipts-20261128T070000Z-<instance>-0000.ndjson   hours still being written
-    hour=20261128T070000Z/receipts-20261128T070000Z-<instance>-0000.parquet   sealed hours
-    tmp/                                                    Parquet being written
-
-The hour is that of the gateway's ``received_at``. ``<instance>`` names one gateway
-process, so gateways sharing a directory, or a restarted one, never share a file.
+The files are laid out as ``ledger.receipts`` describes (``open/`` NDJSON hours still
+being written, ``hour=…/`` sealed Parquet hours). ``<instance>`` in a file's name names
+one gateway process, so gateways sharing a directory, or a restarted one, never share a file.
 
 **Group commit.** The receipts of every request that reached the journal in one turn of
 the event loop are written and ``fdatasync``'ed together: one sync per burst, not per
@@ -59,37 +54,16 @@ import pyarrow as pa
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from ingest.durable import fsync_dir
+from ledger.receipts import OPEN_DIR, TEMP_DIR, hour_label, hour_of_open_file, sealed_path
+from ledger.storage import durable_file, fsync_dir
+from ledger.tables import JOURNAL_DIR, RECEIPT_SCHEMA
 
-__all__ = [
-    "JOURNAL_DIR",
-    "OPEN_DIR",
-    "RECEIPT_SCHEMA",
-    "JournalError",
-    "ReceiptJournal",
-    "hour_start",
-    "open_receipt_files",
-    "sealed_receipt_files",
-]
+__all__ = ["JournalError", "ReceiptJournal", "hour_start"]
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_DIR = "journal"
-OPEN_DIR = "open"
-TEMP_DIR = "tmp"
 _HOUR = timedelta(hours=1)
-_OPEN_NAME = re.compile(r"receipts-(\d{8}T\d{6}Z)-[A-Za-z0-9_.-]+\.ndjson")
 _RETRY_FAILED_SEAL_SECONDS = 60.0
-
-RECEIPT_SCHEMA = pa.schema(
-    [
-        pa.field("event_id", pa.string(), nullable=False),
-        pa.field("batch_id", pa.string(), nullable=False),
-        pa.field("received_at", pa.timestamp("us", tz="UTC"), nullable=False),
-        pa.field("message_id", pa.string(), nullable=False),
-    ]
-)
-"""One receipt: which event, in which batch, received when, published as which message."""
 
 
 class JournalError(OSError):
@@ -117,42 +91,6 @@ def _receipt_lines(batch_id: str, received_at: datetime, message_id: str, event_
         head = '{"event_id":"'
         return (head + ('"' + tail + head).join(event_ids) + '"' + tail).encode() if event_ids else b""
     return b"".join(b'{"event_id":' + orjson.dumps(event_id) + tail.encode() for event_id in event_ids)
-
-
-def _hour_label(start: datetime) -> str:
-    return start.strftime("%Y%m%dT%H%M%SZ")
-
-
-def _hour_of_name(name: str) -> datetime | None:
-    match = _OPEN_NAME.fullmatch(name)
-    if match is None:
-        return None
-    return datetime.strptime(match.group(1), "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
-
-
-def _sealed_path(journal_dir: Path, open_path: Path) -> Path:
-    hour = _hour_of_name(open_path.name)
-    assert hour is not None
-    return journal_dir / f"hour={_hour_label(hour)}" / f"{open_path.stem}.parquet"
-
-
-def sealed_receipt_files(data_dir: Path) -> list[Path]:
-    """The sealed (Parquet) receipt files under ``data_dir``, sorted."""
-    return sorted((data_dir / JOURNAL_DIR).glob("hour=*/*.parquet"))
-
-
-def open_receipt_files(data_dir: Path) -> list[Path]:
-    """The receipt files still being written (NDJSON), sorted, without those already sealed.
-
-    A file is both open and sealed only between the rename of its Parquet and its own
-    removal, or after a crash in between; the Parquet then holds the same receipts.
-    """
-    journal_dir = data_dir / JOURNAL_DIR
-    return [
-        path
-        for path in sorted((journal_dir / OPEN_DIR).glob("receipts-*.ndjson"))
-        if _hour_of_name(path.name) is not None and not _sealed_path(journal_dir, path).exists()
-    ]
 
 
 def _complete_length(descriptor: int) -> int:
@@ -189,10 +127,10 @@ def _read_receipts_tolerantly(data: bytes) -> tuple[pa.Table, int]:
     return pa.Table.from_pylist(rows, schema=RECEIPT_SCHEMA), skipped
 
 
-def _write_parquet_synced(path: Path, batches: Iterable[pa.RecordBatch]) -> int:
-    """Write ``batches`` as one Parquet file at ``path`` and fsync it; the receipts written."""
+def _write_receipts(final_path: Path, temp_dir: Path, batches: Iterable[pa.RecordBatch]) -> int:
+    """Write ``batches`` as one Parquet file at ``final_path``, durably; the receipts written."""
     rows = 0
-    with open(path, "wb") as handle:
+    with durable_file(final_path, temp_dir) as handle:
         writer = pq.ParquetWriter(handle, RECEIPT_SCHEMA)
         try:
             for batch in batches:
@@ -201,8 +139,6 @@ def _write_parquet_synced(path: Path, batches: Iterable[pa.RecordBatch]) -> int:
                 rows += table.num_rows
         finally:
             writer.close()
-        handle.flush()
-        os.fsync(handle.fileno())
     return rows
 
 
@@ -212,13 +148,10 @@ def _seal_file(journal_dir: Path, open_path: Path, descriptor: int) -> int:
     The caller holds the file's lock through ``descriptor``.
     """
     length = _complete_length(descriptor)
-    final_path = _sealed_path(journal_dir, open_path)
+    final_path = sealed_path(journal_dir, open_path)
     rows = 0
     if length > 0:
         temp_dir = journal_dir / TEMP_DIR
-        temp_dir.mkdir(parents=True, exist_ok=True)
-        final_path.parent.mkdir(parents=True, exist_ok=True)
-        temp_path = temp_dir / f"{uuid.uuid4().hex}-{final_path.name}"
         with pa.memory_map(str(open_path), "r") as mapped:
             data = mapped.read_buffer(length)
             try:
@@ -229,14 +162,12 @@ def _seal_file(journal_dir: Path, open_path: Path, descriptor: int) -> int:
                         explicit_schema=RECEIPT_SCHEMA, unexpected_field_behavior="error"
                     ),
                 )
-                rows = _write_parquet_synced(temp_path, reader)
+                rows = _write_receipts(final_path, temp_dir, reader)
             except pa.ArrowInvalid:
                 # Not one clean receipt per line: keep every line that is one.
                 table, skipped = _read_receipts_tolerantly(data.to_pybytes())
                 logger.error("sealing %s: skipped %d line(s) that are not receipts", open_path, skipped)
-                rows = _write_parquet_synced(temp_path, table.to_batches())
-        os.replace(temp_path, final_path)
-        fsync_dir(final_path.parent)
+                rows = _write_receipts(final_path, temp_dir, table.to_batches())
     open_path.unlink(missing_ok=True)
     fsync_dir(open_path.parent)
     return rows
@@ -442,7 +373,7 @@ class ReceiptJournal:
                     view = view[written:]
                 os.fdatasync(open_file.descriptor)
             except OSError as error:
-                logger.error("receipt journal write failed for hour %s: %s", _hour_label(hour), error)
+                logger.error("receipt journal write failed for hour %s: %s", hour_label(hour), error)
                 broken = self._files.pop(hour, None)
                 if broken is not None:
                     # A partial write may have left a torn line: never append after it.
@@ -457,7 +388,7 @@ class ReceiptJournal:
         if existing is not None:
             return existing
         self._sequence += 1
-        path = self._open_dir / f"receipts-{_hour_label(hour)}-{self.instance}-{self._sequence:04d}.ndjson"
+        path = self._open_dir / f"receipts-{hour_label(hour)}-{self.instance}-{self._sequence:04d}.ndjson"
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -517,7 +448,7 @@ class ReceiptJournal:
 
     def _seal_and_report(self, path: Path, descriptor: int) -> None:
         rows = _seal_file(self.directory, path, descriptor)
-        logger.info("sealed %s: %d receipt(s)", _sealed_path(self.directory, path), rows)
+        logger.info("sealed %s: %d receipt(s)", sealed_path(self.directory, path), rows)
         if self._on_sealed is not None:
             self._on_sealed(path, rows)
 
@@ -527,7 +458,7 @@ class ReceiptJournal:
             own = {open_file.path for open_file in self._files.values()}
         unsealed: dict[Path, float] = {}
         for path in sorted(self._open_dir.glob("receipts-*.ndjson")):
-            hour = _hour_of_name(path.name)
+            hour = hour_of_open_file(path.name)
             if hour is None:
                 continue
             hour_end = (hour + _HOUR).timestamp()

@@ -32,7 +32,7 @@ def _configure_logging(verbose: bool = False) -> None:
 
 
 def _cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
-    from pipelines.stack import LocalStack, StackError, StackSettings
+    from pipelines.local.stack import LocalStack, StackError, StackSettings
 
     cdn_port = {} if args.cdn_port is None else {"cdn_port": args.cdn_port}
     stack = LocalStack(
@@ -69,15 +69,15 @@ def _cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
-    from pipelines.demo import run_demo
+    from pipelines.local.demo import run_demo
 
     return run_demo(events=args.events, seed=args.seed, keep_dir=Path(args.keep) if args.keep else None)
 
 
 def _cmd_gateway(args: argparse.Namespace, extra: list[str]) -> int:
-    from ingest.gateway import GatewayStartError, serve
-    from ingest.logs import configure_json_logging
-    from ingest.settings import GatewaySettings
+    from ingest.gateway.app import GatewayStartError, serve
+    from ingest.gateway.logs import configure_json_logging
+    from ingest.gateway.settings import GatewaySettings
 
     configure_json_logging(args.verbose)
     options = ["host", "port", "data_dir", "max_events", "max_body_bytes", "rate_limit"]
@@ -117,10 +117,10 @@ def _cmd_pipeline_batch(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_archive(args: argparse.Namespace, extra: list[str]) -> int:
-    from ingest.archiver import ArchiverSettings, run_archiver
-    from ingest.pubsub import PubSubNames
+    from ingest.archiver.service import ArchiverSettings, run_archiver
+    from schemas.topology import PubSubNames
 
-    names = PubSubNames()
+    names = PubSubNames.from_env()
     subscription = args.subscription or names.archive
     if not subscription.startswith("projects/"):
         subscription = f"projects/{names.project}/subscriptions/{subscription}"
@@ -151,19 +151,19 @@ def _cmd_simulate(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_bench_simulate(args: argparse.Namespace, extra: list[str]) -> int:
-    from ingest.client.bench import main as bench_main
+    from pipelines.bench.simulate import main as bench_main
 
     return bench_main(extra)
 
 
 def _cmd_bench_pipeline(args: argparse.Namespace, extra: list[str]) -> int:
-    from pipelines.bench import main as bench_pipeline_main
+    from pipelines.bench.pipeline import main as bench_pipeline_main
 
     return bench_pipeline_main(extra)
 
 
 def _cmd_bench_gateway(args: argparse.Namespace, extra: list[str]) -> int:
-    from ingest.bench import main as bench_gateway_main
+    from pipelines.bench.gateway import main as bench_gateway_main
 
     return bench_gateway_main(extra)
 

@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``playledger bench simulate``: print the simulator's throughput on this machine."""
-    from pipelines.stack import LocalStack, StackError, StackSettings
+    from pipelines.local.stack import LocalStack, StackError, StackSettings
 
     args = _parser().parse_args(argv)
     console = Console() if Console().is_terminal else Console(width=120)

@@ -57,11 +57,12 @@ import google.cloud.pubsub_v1 as pubsub_v1
 import orjson
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from ingest.gateway import EVENTS_PATH, GatewaySettings, read_batch, tune_garbage_collector
+from ingest.gateway.app import EVENTS_PATH, GatewaySettings, read_batch, tune_garbage_collector
+from ingest.gateway.publisher import EventPublisher
 from ingest.processes import stop_process
-from ingest.publisher import EventPublisher
-from ingest.pubsub import PubSubNames, emulator_from_env_or_started, free_port
+from ingest.pubsub import emulator_from_env_or_started, free_port
 from schemas.codec import encode_batch
+from schemas.topology import PubSubNames
 
 __all__ = ["PhaseResult", "main"]
 
@@ -261,7 +262,7 @@ def _gateway_process(names: PubSubNames, data_dir: Path, connections: int, log: 
     command = [
         sys.executable,
         "-m",
-        "pipelines.cli",
+        "pipelines.local.cli",
         "gateway",
         "--port",
         str(port),
@@ -294,7 +295,7 @@ def _gateway_process(names: PubSubNames, data_dir: Path, connections: int, log: 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="playledger bench gateway",
-        description="Measure the gateway over loopback against its no-HTTP ceiling (see ingest/bench.py).",
+        description="Measure the gateway over loopback against its no-HTTP ceiling (runbooks/gateway.md).",
     )
     parser.add_argument("--connections", type=int, default=32, help="concurrent connections/workers (32)")
     parser.add_argument("--batch-events", type=int, default=100, help="events per request (100)")

@@ -1,0 +1,358 @@
+"""EXACT"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from enum import StrEnum
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam import pvalue
+
+from ledger.counters import Counter
+from pipelines.transforms.archive_reads import ARCHIVE_COLUMNS, ArchiveReads
+from pipelines.transforms.counting import SumCountTables, count_play_table, play_counts_of
+from pipelines.transforms.metrics import beam_counter
+from pipelines.transforms.periods import Period, in_period
+from pipelines.transforms.play_batches import (
+    CANONICAL_UUID_REGEX,
+    ArrowTableCoder,
+    event_keys,
+    plain_values,
+    shard_runs,
+)
+
+__all__ = [
+    "DEFAULT_CANDIDATE_BITS",
+    "DEFAULT_SHARDS",
+    "FirstCopiesInPeriod",
+]
+
+
+# Columns that must agree between two copies of one event_id; received_at and message_id may differ.
+_CONTENT_COLUMNS = ["user_id", "track_id", "played_at", "ms_played", "territory", "product"]
+# What crosses the shuffle: every column but event_id, which travels as its key.
+_SHUFFLED_COLUMNS = [name for name in ARCHIVE_COLUMNS if name != "event_id"]
+_KEY_COLUMN = "event_key"
+_EVENT_KEY = pa.binary(16)
+
+
+# Hex digits and dashes, all a canonical UUID holds, have the 0x20 bit set in lower case only.
+_LOWER_CASE = np.uint64(0x2020202020202020)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+DEFAULT_SHARDS = 16
+"""Fewest shards of each event-id shuffle: each is de-duplicated alone, so each sort stays small."""
+
+
+DEFAULT_CANDIDATE_BITS = 27
+"""The repeated-id bitmap has 2**27 bits (16 MiB): 500,000 repeated ids mark 0.4 % of the others."""
+
+
+class _SplitOutput(StrEnum):
+    """Branches of ``_SplitCandidatesFn``."""
+
+    COUNTS = "counts"
+    CANDIDATES = "candidates"
+
+
+def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
+    """The column as one array; a single chunk as it is (``combine_chunks`` would copy it)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
+def _id_hashes(event_ids: pa.ChunkedArray) -> np.ndarray:
+    """A 64-bit hash (``uint64``) of each id's lower-case spelling: one for both spellings of a UUID.
+
+    Raises ``ValueError`` unless every id is 36 characters long, as a canonical UUID is.
+    """
+    ids = _one_chunk(event_ids)
+    count = len(ids)
+    if count == 0:
+        return np.empty(0, np.uint64)
+    offsets = np.frombuffer(ids.buffers()[1], np.int32, count + 1, ids.offset * 4)
+    if ids.null_count or not (np.diff(offsets) == 36).all():
+        raise ValueError("event ids must be canonical UUIDs")
+    # 36 bytes an id: four 8-byte words and a 4-byte tail, read where Arrow keeps them.
+    data, start = ids.buffers()[2], int(offsets[0])
+    words = np.ndarray((count, 4), np.uint64, buffer=data, offset=start, strides=(36, 8))
+    tail = np.ndarray((count,), np.uint32, buffer=data, offset=start + 32, strides=(36,))
+    hashes = (tail | np.uint32(0x20202020)).astype(np.uint64)
+    for column in range(4):
+        hashes ^= words[:, column] | _LOWER_CASE
+        hashes *= _GOLDEN
+        hashes ^= hashes >> np.uint64(29)
+    # murmur3's finalizer: every bit of the id reaches every bit of the hash, which picks
+    # the shard (low bits) and the bitmap bit (high bits).
+    hashes ^= hashes >> np.uint64(33)
+    hashes *= np.uint64(0xFF51AFD7ED558CCD)
+    hashes ^= hashes >> np.uint64(33)
+    hashes *= np.uint64(0xC4CEB9FE1A85EC53)
+    hashes ^= hashes >> np.uint64(33)
+    return hashes
+
+
+def _shard_of(hashes: np.ndarray, shards: int) -> np.ndarray:
+    """Each id hash's shard in ``[0, shards)``: copies of one event always share one."""
+    shard: np.ndarray = (hashes % np.uint64(shards)).astype(np.uint16)
+    return shard
+
+
+def _bit_numbers(hashes: np.ndarray, bits: int) -> np.ndarray:
+    bit_numbers: np.ndarray = hashes >> np.uint64(64 - bits)
+    return bit_numbers
+
+
+def _marked(hashes: np.ndarray, bitmap: bytes, bits: int) -> np.ndarray:
+    """Whether each hash's bit is set in ``bitmap``."""
+    numbers = _bit_numbers(hashes, bits)
+    flags = np.frombuffer(bitmap, np.uint8)
+    bytes_of = flags[numbers >> np.uint64(3)]
+    marked: np.ndarray = np.bitwise_and(bytes_of >> (numbers & np.uint64(7)).astype(np.uint8), 1).astype(bool)
+    return marked
+
+
+def _event_keys(event_ids: pa.ChunkedArray) -> pa.Array:
+    """Canonical UUID strings → their 16 bytes as a fixed-width column, as the streaming dedup keys them."""
+    keys = event_keys(event_ids)
+    return pa.FixedSizeBinaryArray.from_buffers(_EVENT_KEY, len(keys), [None, pa.py_buffer(keys)])
+
+
+# Rows cross the shuffles as Arrow IPC bytes, uncompressed: with only the rows of repeated
+# ids to ship, LZ4 costs more than the copies it saves.
+_TABLES = ArrowTableCoder()
+
+
+def _from_ipc(payloads: Iterable[bytes]) -> pa.Table:
+    return pa.concat_tables(_TABLES.decode(payload) for payload in payloads)
+
+
+class _ShardIdHashesFn(beam.DoFn):
+    """A table of event ids → ``(shard, their hashes as uint64 bytes)``: 8 bytes a row to shuffle."""
+
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+
+    def process(self, table: pa.Table) -> Iterator[tuple[int, bytes]]:
+        # Every id is checked here, in the pass that reads them all, so a damaged archive
+        # fails the same way whichever ids the bitmap later makes candidates.
+        canonical = pc.match_substring_regex(table["event_id"], CANONICAL_UUID_REGEX)
+        if table.num_rows and not pc.all(canonical.fill_null(False)).as_py():
+            raise ValueError("event ids must be canonical UUIDs")
+        hashes = _id_hashes(table["event_id"])
+        order, runs = shard_runs(_shard_of(hashes, self.shards), self.shards)
+        ordered = hashes[order]
+        for number, start, stop in runs:
+            yield number, ordered[start:stop].tobytes()
+
+
+def _repeated_hashes(shard_hashes: tuple[int, Iterable[bytes]]) -> Iterator[bytes]:
+    """Every id hash of one shard → those seen more than once, as uint64 bytes."""
+    _, payloads = shard_hashes
+    hashes = np.sort(np.frombuffer(b"".join(payloads), np.uint64))
+    repeated = hashes[1:][hashes[1:] == hashes[:-1]]
+    if len(repeated):
+        yield np.unique(repeated).tobytes()
+
+
+class _RepeatedIdBitmap(beam.CombineFn):
+    """Hashes of repeated ids (uint64 bytes) → a bitmap of ``2**bits`` bits, each hash's bit set.
+
+    The accumulator is the bitmap itself, so memory stays ``2**bits / 8`` bytes however
+    many ids repeat.
+    """
+
+    def __init__(self, bits: int) -> None:
+        self.bits = bits
+
+    def create_accumulator(self) -> np.ndarray:
+        return np.zeros(2**self.bits // 8, np.uint8)
+
+    def add_input(self, flags: np.ndarray, hashes: bytes) -> np.ndarray:
+        numbers = _bit_numbers(np.frombuffer(hashes, np.uint64), self.bits)
+        np.bitwise_or.at(
+            flags, numbers >> np.uint64(3), np.left_shift(1, numbers & np.uint64(7)).astype(np.uint8)
+        )
+        return flags
+
+    def merge_accumulators(self, accumulators: Iterable[np.ndarray]) -> np.ndarray:
+        merged: np.ndarray | None = None
+        for flags in accumulators:
+            merged = flags if merged is None else np.bitwise_or(merged, flags, out=merged)
+        return self.create_accumulator() if merged is None else merged
+
+    def extract_output(self, flags: np.ndarray) -> bytes:
+        return flags.tobytes()
+
+
+class _SplitCandidatesFn(beam.DoFn):
+    """A table of archived rows → counts of its rows whose id occurs once, and the other rows by shard.
+
+    A row whose id hash has no bit in the bitmap is the only copy of its event in all
+    that was read: counted here if received in the period. Every other row (all copies of
+    repeated ids, and the few whose bit another id set) goes to ``CANDIDATES`` as
+    ``(shard, Arrow IPC bytes)``, keyed by its 16 UUID bytes (``ValueError`` if its id is
+    no canonical UUID: the archive holds validated events only, so that means damage).
+    """
+
+    def __init__(self, period: Period, min_stream_ms: int, shards: int, candidate_bits: int) -> None:
+        self.period = period
+        self.min_stream_ms = min_stream_ms
+        self.shards = shards
+        self.candidate_bits = candidate_bits
+        self.read = beam_counter(Counter.ARCHIVED_ROWS_READ)
+        self.unique = beam_counter(Counter.EVENTS_UNIQUE)
+        self.shuffled = beam_counter(Counter.ARCHIVED_ROWS_SHUFFLED)
+
+    def process(self, table: pa.Table, bitmap: bytes) -> Iterator[Any]:
+        self.read.inc(table.num_rows)
+        if table.num_rows == 0:
+            return
+        hashes = _id_hashes(table["event_id"])
+        candidate = _marked(hashes, bitmap, self.candidate_bits)
+        counted = ~candidate & in_period(table["received_at"], self.period)
+        self.unique.inc(int(np.count_nonzero(counted)))
+        yield count_play_table(table, self.min_stream_ms, counted)
+        positions = np.flatnonzero(candidate)
+        self.shuffled.inc(len(positions))
+        if len(positions) == 0:
+            return
+        # One reorder by shard, then a slice per shard.
+        order, runs = shard_runs(_shard_of(hashes[positions], self.shards), self.shards)
+        rows = table.take(positions[order])
+        # Plain strings: each shard's message would otherwise carry every column's whole dictionary.
+        rows = pa.table(
+            [*(plain_values(rows[name]) for name in _SHUFFLED_COLUMNS), _event_keys(rows["event_id"])],
+            names=[*_SHUFFLED_COLUMNS, _KEY_COLUMN],
+        )
+        for number, start, stop in runs:
+            yield pvalue.TaggedOutput(
+                _SplitOutput.CANDIDATES.value, (number, _TABLES.encode(rows.slice(start, stop - start)))
+            )
+
+
+class _CountFirstCopiesFn(beam.DoFn):
+    """One shard's candidate rows → plays and streams per group of the first copies received in the period."""
+
+    def __init__(self, period: Period, min_stream_ms: int) -> None:
+        self.period = period
+        self.min_stream_ms = min_stream_ms
+        self.unique = beam_counter(Counter.EVENTS_UNIQUE)
+        self.duplicates = beam_counter(Counter.EVENTS_DUPLICATE)
+        self.conflicts = beam_counter(Counter.EVENTS_CONFLICT)
+
+    def process(self, shard_payloads: tuple[int, Iterable[bytes]]) -> Iterator[pa.Table]:
+        _, payloads = shard_payloads
+        rows = _from_ipc(payloads)
+        if rows.num_rows == 0:
+            return
+        counted = self._first_copies(rows) & in_period(rows["received_at"], self.period)
+        self.unique.inc(int(np.count_nonzero(counted)))
+        yield count_play_table(rows, self.min_stream_ms, counted)
+
+    def _first_copies(self, rows: pa.Table) -> np.ndarray:
+        """Whether each row is the first received copy of its event id (ties broken by message id)."""
+        # Keys as small integers by hashing: most ids have one copy and need no sort at all.
+        id_numbers = pc.dictionary_encode(rows[_KEY_COLUMN].combine_chunks()).indices.to_numpy()
+        first = np.bincount(id_numbers)[id_numbers] == 1
+        repeated = np.flatnonzero(~first)
+        if len(repeated) == 0:
+            return first
+        ids = id_numbers[repeated]
+        copies = rows.take(repeated)
+        order = pc.sort_indices(
+            pa.table({"id": ids, "received_at": copies["received_at"], "message_id": copies["message_id"]}),
+            sort_keys=[("id", "ascending"), ("received_at", "ascending"), ("message_id", "ascending")],
+        ).to_numpy()
+        copies = copies.take(order)
+        ids = ids[order]
+        # Sorted by id: a row starts a new id where it differs from the row before it.
+        head = np.empty(len(ids), dtype=bool)
+        head[0] = True
+        np.not_equal(ids[1:], ids[:-1], out=head[1:])
+        first[repeated[order[head]]] = True
+        self._count_later_copies(copies, head)
+        return first
+
+    def _count_later_copies(self, copies: pa.Table, head: np.ndarray) -> None:
+        """Copies sorted by id, first copy first → the period's duplicates, and conflicts among them.
+
+        A later copy counts in the period it was received in, as the streaming counters
+        count it; copies received outside the period are read only to find first copies.
+        """
+        later = ~head
+        later_copies = copies.filter(pa.array(later))
+        # Each later copy against its id's first copy: a difference in content is a
+        # conflict, counted once (the first copy counts), never merged.
+        their_heads = copies.take(np.flatnonzero(head)[np.cumsum(head)[later] - 1])
+        same = pa.array(np.ones(later_copies.num_rows, dtype=bool))
+        for column in _CONTENT_COLUMNS:
+            same = pc.and_(same, pc.equal(later_copies[column], their_heads[column]))
+        later_in_period = in_period(later_copies["received_at"], self.period)
+        self.duplicates.inc(int(np.count_nonzero(later_in_period)))
+        differs = ~same.fill_null(False).to_numpy(zero_copy_only=False)
+        self.conflicts.inc(int(np.count_nonzero(later_in_period & differs)))
+
+
+class FirstCopiesInPeriod(beam.PTransform):
+    """The archive's two reads (``ArchiveReads``) → plays counted per group, each event id once, exactly.
+
+    The first received copy of an ``event_id`` counts (ids that differ only in letter
+    case are one event; ties broken by message id), and only if it was received in
+    ``period``; later copies are duplicates, and a later copy with different content is
+    also a conflict. Ids seen once are counted where they are read; the rows of the others
+    are shuffled into ``shards`` by event id (which ids repeat is found first, by a shuffle
+    of id hashes into as many shards and a bitmap of ``2**candidate_bits`` bits). The
+    counts are summed into one ``PlayCounts``: ``(plays, streams)`` per (track_id,
+    territory, product).
+
+    Ids must be canonical UUIDs, as the archiver validated them: any other id fails the
+    recompute (``ValueError``), found when the ids are first read, whether or not it has
+    a copy.
+    """
+
+    def __init__(
+        self,
+        period: Period,
+        min_stream_ms: int,
+        shards: int = DEFAULT_SHARDS,
+        candidate_bits: int = DEFAULT_CANDIDATE_BITS,
+    ) -> None:
+        super().__init__()
+        if min_stream_ms < 0:
+            raise ValueError("min_stream_ms must not be negative")
+        if not 1 <= shards <= 65_536:
+            raise ValueError("shards must be between 1 and 65,536")
+        if not 3 <= candidate_bits <= 32:
+            raise ValueError("candidate_bits must be between 3 and 32")
+        self.period = period
+        self.min_stream_ms = min_stream_ms
+        self.shards = shards
+        self.candidate_bits = candidate_bits
+
+    def expand(self, archive: dict[str, beam.PCollection]) -> beam.PCollection:
+        repeated_ids = (
+            archive[ArchiveReads.EVENT_IDS]
+            | "ShardIdHashes" >> beam.ParDo(_ShardIdHashesFn(self.shards))
+            | "GatherIdHashes" >> beam.GroupByKey()
+            | "RepeatedIds" >> beam.FlatMap(_repeated_hashes).with_output_types(bytes)
+            | "MarkRepeatedIds" >> beam.CombineGlobally(_RepeatedIdBitmap(self.candidate_bits))
+        )
+        split = archive[ArchiveReads.ROWS] | "SplitCandidates" >> beam.ParDo(
+            _SplitCandidatesFn(self.period, self.min_stream_ms, self.shards, self.candidate_bits),
+            pvalue.AsSingleton(repeated_ids),
+        ).with_outputs(_SplitOutput.CANDIDATES.value, main=_SplitOutput.COUNTS.value)
+        candidate_counts = (
+            split[_SplitOutput.CANDIDATES.value]
+            | "GatherShard" >> beam.GroupByKey()
+            | "CountFirstCopies"
+            >> beam.ParDo(_CountFirstCopiesFn(self.period, self.min_stream_ms)).with_output_types(pa.Table)
+        )
+        return (
+            (split[_SplitOutput.COUNTS.value], candidate_counts)
+            | "AllCounts" >> beam.Flatten()
+            | "SumCounts" >> beam.CombineGlobally(SumCountTables()).without_defaults()
+            | "AsPlayCounts" >> beam.Map(play_counts_of)
+        )
