@@ -32,12 +32,43 @@ from __future__ import annotations
 import types
 from typing import Any
 
+import apache_beam
 from apache_beam.runners.direct import evaluation_context, executor, transform_evaluator
 from apache_beam.runners.worker import statesampler
 from apache_beam.transforms import core, userstate
 from apache_beam.utils import counters
 
-__all__ = ["DIRECT_RUNNERS", "mend_direct_runner", "mend_direct_runner_metrics"]
+__all__ = [
+    "DIRECT_RUNNERS",
+    "MENDED_BEAM",
+    "UnmendedBeamError",
+    "check_beam_version",
+    "mend_direct_runner",
+    "mend_direct_runner_metrics",
+]
+
+MENDED_BEAM = (2, 77)
+"""The Beam minor release whose direct-runner internals these mends were written against."""
+
+
+class UnmendedBeamError(RuntimeError):
+    """The installed Beam is not the release the direct-runner mends patch."""
+
+
+def check_beam_version(version: str = apache_beam.__version__) -> None:
+    """Refuse any Beam but ``MENDED_BEAM``: its internals may differ, and counters would silently lie."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        found = ()
+    if found != MENDED_BEAM:
+        wanted = ".".join(map(str, MENDED_BEAM))
+        raise UnmendedBeamError(
+            f"apache-beam {version} is installed, but the direct-runner mends in {__name__} patch "
+            f"Beam {wanted}.x internals; install apache-beam=={wanted}.* (pyproject pins it) or "
+            "re-check each mend against the new release before widening the pin"
+        )
+
 
 DIRECT_RUNNERS = frozenset({"DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"})
 
@@ -57,6 +88,7 @@ def _call_with_own_sampler(self: Any, thread_sampler: Any) -> None:
 
 def mend_direct_runner_metrics() -> None:
     """Make the direct runner count every bundle (idempotent; harmless on other runners)."""
+    check_beam_version()
     setattr(executor.TransformExecutor, "call", _call_with_own_sampler)  # noqa: B010 (mypy: method-assign)
 
 

@@ -3,7 +3,7 @@
 A loop of synchronous pulls. Each message is decoded and checked (``archive_messages``)
 and held, unacknowledged. Every ``flush_seconds``, or as soon as ``max_buffered_events``
 are held, the held events are written as one new Parquet part file per hour bucket
-(``archive_buckets``), bad input as dead-letter files, and only once those files are
+(``ingest.archiver.buckets``), bad input as dead-letter files, and only once those files are
 durable are the messages acknowledged. Then due buckets are closed and the counters
 saved. So a crash (even ``kill -9``) loses nothing: a message not yet acknowledged is
 delivered again after its ack deadline. A message written but not yet acknowledged when

@@ -97,11 +97,12 @@ def _cmd_gateway(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _cmd_pipeline_stream(args: argparse.Namespace, extra: list[str]) -> int:
+    from pipelines.direct_runner import UnmendedBeamError
     from pipelines.streaming import run
 
     try:
         return run(extra)
-    except ValueError as error:
+    except (ValueError, UnmendedBeamError) as error:
         LOG.error("pipeline not started: %s", error)
         return 2
 

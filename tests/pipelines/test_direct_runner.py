@@ -6,6 +6,7 @@ import gc
 from collections.abc import Iterator
 
 import apache_beam as beam
+import pytest
 from apache_beam.metrics import Metrics
 from apache_beam.metrics.execution import MetricsContainer
 from apache_beam.metrics.metric import MetricsFilter
@@ -107,3 +108,14 @@ def test_empty_bundles_are_dropped_and_watermarks_still_close_windows() -> None:
     pipeline.run().wait_until_finish()
     assert "never" not in _BUNDLES_STARTED
     assert 0 < _BUNDLES_STARTED.count("main") <= 30
+
+
+def test_a_beam_other_than_the_mended_minor_is_refused_at_start() -> None:
+    from pipelines.direct_runner import MENDED_BEAM, UnmendedBeamError, check_beam_version
+
+    major, minor = MENDED_BEAM
+    check_beam_version(f"{major}.{minor}.0")
+    check_beam_version(f"{major}.{minor}.3rc1")
+    for other in (f"{major}.{minor + 1}.0", f"{major}.{minor - 1}.2", f"{major + 1}.0.0", "dev"):
+        with pytest.raises(UnmendedBeamError, match="apache-beam"):
+            check_beam_version(other)
