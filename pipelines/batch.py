@@ -82,11 +82,17 @@ def batch_shards(config: PipelineConfig) -> int:
 def build(
     p: beam.Pipeline,
     source: beam.PTransform,
-    sink: beam.PTransform | None,
+    sink: beam.PTransform,
     config: PipelineConfig,
     period: Period,
 ) -> beam.PCollection:
-    """Wire the batch recompute onto ``p``: ``source`` gives the archive's ``ArchiveReads``, Arrow tables."""
+    """Wire the batch recompute onto ``p``: ``source`` gives the archive's ``ArchiveReads``, Arrow tables.
+
+    ``sink`` writes the final ledger rows (``WriteFinalLedger``; ``Unwritten()`` leaves
+    them to a caller that asserts on them): a build without one fails.
+    """
+    if sink is None:
+        raise ValueError("no sink for the final ledger (Unwritten() leaves the rows to the caller)")
     catalog = Catalog.load(config.catalog_dir)
     archive = p | "ReadArchive" >> source
     counts = archive | "FirstCopiesInPeriod" >> FirstCopiesInPeriod(
@@ -94,8 +100,7 @@ def build(
     )
     catalog_view = beam.pvalue.AsSingleton(p | "LoadCatalog" >> beam.Create([catalog]))
     ledger_rows = counts | "AttributeCounts" >> AttributeCounts(catalog_view, (period.start, period.end))
-    if sink is not None:
-        _ = ledger_rows | "WriteFinalLedger" >> sink
+    _ = ledger_rows | "WriteFinalLedger" >> sink
     return ledger_rows
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import apache_beam as beam
 import duckdb
 import pyarrow as pa
+import pytest
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
@@ -23,6 +24,7 @@ from ledger.views import open_ledger, run_sql
 from pipelines.config import PipelineConfig
 from pipelines.streaming import Sinks, build, parquet_sinks
 from pipelines.transforms.decode import DecodeOutput, DecodePlayMessages
+from pipelines.transforms.sinks import Unwritten
 from schemas.codec import ATTR_KIND, KIND_HEARTBEAT
 
 PERIOD = 60
@@ -400,3 +402,11 @@ def test_dedup_remembers_across_many_batches_and_both_letter_cases(tiny_catalog:
                 }
             ),
         )
+
+
+def test_a_pipeline_without_a_dead_letter_sink_is_refused() -> None:
+    # As Beam's ErrorHandler refuses an error output nobody consumes: no silent drop.
+    with pytest.raises(ValueError, match="no sink for dead_letters"):
+        Sinks(ledger=Unwritten(), dead_letters=None, counters=Unwritten())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no sink for ledger, counters"):
+        Sinks(ledger=None, dead_letters=Unwritten(), counters=None)  # type: ignore[arg-type]
