@@ -14,12 +14,19 @@ T = TypeVar("T")
 
 
 def poll(
-    probe: Callable[[], T], done: Callable[[T], bool], what: str, seconds: float = DEADLINE_SECONDS
+    probe: Callable[[], T],
+    done: Callable[[T], bool],
+    what: str,
+    seconds: float = DEADLINE_SECONDS,
+    interval: float = 0.5,
 ) -> T:
-    """Call ``probe`` every half second until ``done`` holds for its value; fail after ``seconds``."""
+    """Call ``probe`` every ``interval`` seconds until ``done`` holds for its value; fail after ``seconds``.
+
+    The one way tests wait: on a condition, with a deadline, never a blind sleep.
+    """
     retrying = Retrying(
         stop=stop_after_delay(seconds),
-        wait=wait_fixed(0.5),
+        wait=wait_fixed(interval),
         retry=retry_if_result(lambda value: not done(value)),
         retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
     )

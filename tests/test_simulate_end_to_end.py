@@ -29,11 +29,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from polling import poll
-from reference_royalties import Balance, ReferenceCatalog, expected_balances
 
 from ingest.processes import stop_process
 from ingest.pubsub import free_port
 from ledger.catalog import DEFAULT_CATALOG_DIR
+from pipelines.local.reference_royalties import Balance, ReferenceCatalog, expected_balances
 
 REPO = Path(__file__).resolve().parents[1]
 DEADLINE_SECONDS = 90.0

@@ -27,10 +27,11 @@ from rich.console import Console
 from rich.table import Table
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
-from ledger.allocation import attribute_play
 from ledger.catalog import DEFAULT_CATALOG_DIR, FALLBACK_TERRITORY, Catalog
 from ledger.counters import PIPELINE_COUNTERS_FILE, load_counters
 from ledger.views import open_ledger, run_sql
+from pipelines.config import PipelineConfig
+from pipelines.local.reference_royalties import ReferenceCatalog, expected_balances
 from pipelines.local.stack import LocalStack, StackSettings
 
 __all__ = ["Traffic", "generate_traffic", "run_demo"]
@@ -162,16 +163,10 @@ async def _send(url: str, api_key: str, batches: Sequence[list[dict[str, Any]]])
         return replies
 
 
-def _expected_balances(catalog: Catalog, plays: Sequence[dict[str, Any]]) -> dict[str, tuple[int, int, int]]:
-    totals: dict[str, list[int]] = {}
-    for play in plays:
-        is_stream = play["ms_played"] >= 30_000
-        for part in attribute_play(catalog, play["track_id"], play["territory"], play["product"], is_stream):
-            row = totals.setdefault(part.rights_holder_id, [0, 0, 0])
-            row[0] += 1
-            row[1] += int(is_stream)
-            row[2] += part.amount_micros
-    return {holder: (row[0], row[1], row[2]) for holder, row in totals.items()}
+def _expected_balances(catalog_dir: Path, plays: Sequence[dict[str, Any]]) -> dict[str, tuple[int, int, int]]:
+    """What the plays should earn, by the independent reference (no code shared with ``ledger``)."""
+    expected = expected_balances(ReferenceCatalog.read(catalog_dir), plays, PipelineConfig().min_stream_ms)
+    return {holder: tuple(balance) for holder, balance in expected.items()}  # type: ignore[misc]
 
 
 def _ledger_balances(data_dir: Path) -> dict[str, tuple[int, int, int]]:
@@ -217,7 +212,7 @@ def run_demo(
         accepted = sum(reply["accepted"] for reply in replies)
         rejected = [problem for reply in replies for problem in reply["rejected"]]
         accepted_ids = {play["event_id"] for play in traffic.unique_plays}
-        expected = _expected_balances(catalog, traffic.unique_plays)
+        expected = _expected_balances(DEFAULT_CATALOG_DIR, traffic.unique_plays)
         expected_parts = sum(plays for plays, _, _ in expected.values())
         deadline = time.monotonic() + timeout_seconds
         ledger: dict[str, tuple[int, int, int]] = {}

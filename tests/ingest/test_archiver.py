@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import google.cloud.pubsub_v1 as pubsub_v1
+import polling
 import pyarrow.parquet as pq
 import pytest
 from google.api_core import exceptions as gexc
@@ -141,12 +142,8 @@ def drive(archiver: Archiver, done: Callable[[], bool], what: str, seconds: floa
 
 
 def poll(condition: Callable[[], bool], what: str, seconds: float = DEADLINE_SECONDS) -> None:
-    """Check ``condition`` every 0.2 s until it holds; fail after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        threading.Event().wait(0.2)
+    """Check ``condition`` every 0.2 s until it holds; fail after ``seconds`` (``polling.poll``)."""
+    polling.poll(condition, bool, what, seconds=seconds, interval=0.2)
 
 
 def archive_rows(data_dir: Path, columns: str = "*") -> list[dict[str, Any]]:

@@ -22,7 +22,6 @@ import pytest
 from apache_beam.io.gcp.pubsub import ReadFromPubSub
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
-from reference_royalties import UNMATCHED, Balance, ReferenceCatalog, expected_balances
 from served_gateway import RunningGateway
 
 from ingest.gateway.app import EventPublisher, GatewaySettings, create_app
@@ -30,6 +29,7 @@ from ledger.catalog import DEFAULT_CATALOG_DIR
 from ledger.views import open_ledger, run_sql
 from pipelines.config import PipelineConfig
 from pipelines.direct_runner import mend_direct_runner
+from pipelines.local.reference_royalties import UNMATCHED, Balance, ReferenceCatalog, expected_balances
 from pipelines.streaming import build, parquet_sinks
 from pipelines.supervisor import Heartbeat
 from pipelines.transforms.metrics import counters

@@ -1,4 +1,4 @@
-"""An independent reference for the contract's royalty rules, for integration and end-to-end tests.
+"""An independent reference for the contract's royalty rules: what the demo and the tests check against.
 
 Written from DESIGN.md ("Contract (v1)", Allocation) alone: it reads the catalog CSVs
 with the ``csv`` module and divides money with exact fractions, sharing no code with
@@ -74,12 +74,15 @@ def split_micros(gross_micros: int, shares_bps: Mapping[str, int]) -> dict[str, 
     return parts
 
 
-def expected_balances(catalog: ReferenceCatalog, accepted: Iterable[Mapping[str, Any]]) -> dict[str, Balance]:
+def expected_balances(
+    catalog: ReferenceCatalog, accepted: Iterable[Mapping[str, Any]], min_stream_ms: int = MIN_STREAM_MS
+) -> dict[str, Balance]:
     """Balances per rights holder of the events a gateway accepted, in the order it accepted them.
 
     The first copy of an ``event_id`` counts and later copies are ignored; a play of at
-    least 30 s is a stream and earns its gross; every holder of the track counts the
-    play; a track missing from the catalog puts everything on ``UNMATCHED``.
+    least ``min_stream_ms`` (the contract's 30 s unless configured) is a stream and earns
+    its gross; every holder of the track counts the play; a track missing from the
+    catalog puts everything on ``UNMATCHED``.
     """
     plays: dict[str, int] = {}
     streams: dict[str, int] = {}
@@ -89,7 +92,7 @@ def expected_balances(catalog: ReferenceCatalog, accepted: Iterable[Mapping[str,
         if event["event_id"] in seen:
             continue
         seen.add(event["event_id"])
-        is_stream = event["ms_played"] >= MIN_STREAM_MS
+        is_stream = event["ms_played"] >= min_stream_ms
         gross = catalog.gross_micros(event["territory"], event["product"]) if is_stream else 0
         shares = catalog.splits.get(event["track_id"], {UNMATCHED: BPS_WHOLE})
         for holder, amount in split_micros(gross, shares).items():
