@@ -138,12 +138,12 @@ def write_database(data_dir: Path | str, out_file: Path | str | None = None) -> 
             """
         )
         catalog_views = {
-            "tracks": ("tracks.csv", "track_id, title, artist, CAST(duration_ms AS BIGINT) AS duration_ms"),
-            "rights_holders": ("rights_holders.csv", "rights_holder_id, name, role"),
-            "splits": ("splits.csv", "track_id, rights_holder_id, CAST(share_bps AS INTEGER) AS share_bps"),
+            "tracks": ("tracks.csv", "* REPLACE (CAST(duration_ms AS BIGINT) AS duration_ms)"),
+            "rights_holders": ("rights_holders.csv", "*"),
+            "splits": ("splits.csv", "* REPLACE (CAST(share_bps AS INTEGER) AS share_bps)"),
             "rates": (
                 "rates.csv",
-                "territory, product, CAST(rate_micros AS BIGINT) AS rate_micros, currency",
+                "* REPLACE (CAST(rate_micros AS BIGINT) AS rate_micros)",
             ),
         }
         for view, (file_name, columns) in catalog_views.items():

@@ -26,7 +26,9 @@ this order:
 The file is named ``DSR_<recipient>_<sender>_<service>_<YYYY-MM>_<territory>_1of1_<created>.tsv``
 (recipient first, territory ``multi`` when more than one), as dsrf's file-name validator
 requires. Identifiers Basic Audio needs and the catalog lacks (DDEX party ids, ISRCs,
-ICPNs) are derived deterministically from the catalog ids by ``identifiers``.
+ICPNs) come from the catalog's optional ``isrc``, ``icpn`` and ``ddex_party_id`` columns
+(``fixtures/catalog/generate.py`` fills them); a catalog without them gets identifiers
+derived deterministically from its ids by ``identifiers``.
 """
 
 from __future__ import annotations
@@ -103,15 +105,23 @@ def write_dsr(
     if not statement.lines:
         raise ValueError(f"rights holder {rights_holder_id} has no lines in the {month} close")
     moment = (created or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).replace(microsecond=0)
+    connection = open_ledger(data)
+    holder_columns = [row[0] for row in connection.execute("DESCRIBE rights_holders").fetchall()]
     recipient = identifiers("", rights_holder_id)["party_id"]
+    if "ddex_party_id" in holder_columns:
+        found = connection.execute(
+            "SELECT ddex_party_id FROM rights_holders WHERE rights_holder_id = ?", [rights_holder_id]
+        ).fetchall()
+        recipient = found[0][0] if found and found[0][0] else recipient
     year, number = int(month[:4]), int(month[5:])
     first = dt.date(year, number, 1)
     last = dt.date(year + (number == 12), number % 12 + 1, 1) - dt.timedelta(days=1)
-    connection = open_ledger(data)
+    track_columns = [row[0] for row in connection.execute("DESCRIBE tracks").fetchall()]
+    ids_sql = ", ".join(c if c in track_columns else "''" for c in ("isrc", "icpn"))
     catalog = {
-        track_id: (title, artist, duration_ms)
-        for track_id, title, artist, duration_ms in connection.execute(
-            "SELECT track_id, title, artist, duration_ms FROM tracks"
+        track_id: (title, artist, duration_ms, isrc, icpn)
+        for track_id, title, artist, duration_ms, isrc, icpn in connection.execute(
+            f"SELECT track_id, title, artist, duration_ms, {ids_sql} FROM tracks"
         ).fetchall()
     }
     records: list[Sequence[str]] = [
@@ -182,8 +192,9 @@ def write_dsr(
             by_track[str(line["track_id"])].append(line)
     for block_number, (track_id, lines) in enumerate(sorted(by_track.items()), start=1):
         block = f"BL{block_number}"
-        title, artist, duration_ms = catalog.get(track_id, (track_id, "", 0))
+        title, artist, duration_ms, isrc, icpn = catalog.get(track_id, (track_id, "", 0, "", ""))
         ids = identifiers(track_id, rights_holder_id)
+        ids["isrc"], ids["icpn"] = isrc or ids["isrc"], icpn or ids["icpn"]
         release, resource = f"RE{block_number}", f"RS{block_number}"
         records.append(
             [

@@ -27,10 +27,10 @@ from ledger.finance.close import CLOSE_LINES_SCHEMA, CLOSES_DIR, LINES_FILE, MAN
 __all__ = ["close_line_files", "closed_catalog_dir", "register"]
 
 _CATALOG_VIEWS = {
-    "tracks": (TRACKS_FILE, "track_id, title, artist, CAST(duration_ms AS BIGINT) AS duration_ms"),
-    "rights_holders": (RIGHTS_HOLDERS_FILE, "rights_holder_id, name, role"),
-    "splits": (SPLITS_FILE, "track_id, rights_holder_id, CAST(share_bps AS INTEGER) AS share_bps"),
-    "rates": (RATES_FILE, "territory, product, CAST(rate_micros AS BIGINT) AS rate_micros, currency"),
+    "tracks": (TRACKS_FILE, "* REPLACE (CAST(duration_ms AS BIGINT) AS duration_ms)"),
+    "rights_holders": (RIGHTS_HOLDERS_FILE, "*"),
+    "splits": (SPLITS_FILE, "* REPLACE (CAST(share_bps AS INTEGER) AS share_bps)"),
+    "rates": (RATES_FILE, "* REPLACE (CAST(rate_micros AS BIGINT) AS rate_micros)"),
 }
 
 

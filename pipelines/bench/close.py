@@ -167,7 +167,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             splits=f"'{(root / 'catalog' / 'splits.csv').as_posix()}'",
         )
         began = time.perf_counter()
-        theirs_rows = duckdb.sql(query).fetchall()
+        relation = duckdb.sql(query)
+        assert relation is not None
+        theirs_rows = relation.fetchall()
         theirs = time.perf_counter() - began
 
     ours_lines = {

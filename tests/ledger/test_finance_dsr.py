@@ -7,6 +7,7 @@ import re
 from decimal import Decimal
 from pathlib import Path
 
+import pytest
 from test_finance_close import (
     DAY,
     MONTH,
@@ -109,3 +110,21 @@ def test_the_dsr_parses_back_and_agrees_with_the_close(tmp_path: Path) -> None:
         str(len(blocks)),
     ]
     assert len(blocks) == 2  # T1 and T3: RH1 holds no part of T2
+
+
+def test_the_fixture_catalog_carries_ddex_identifiers_and_old_catalogs_still_load(tmp_path: Path) -> None:
+    from ledger.catalog import DEFAULT_CATALOG_DIR, Catalog
+
+    catalog = Catalog.load(DEFAULT_CATALOG_DIR)
+    track = catalog.tracks["T00001"]
+    assert re.fullmatch(r"[A-Z]{2}[A-Z0-9]{3}[0-9]{7}", track.isrc) and re.fullmatch(r"[0-9]{13}", track.icpn)
+    assert catalog.rights_holders["RH001"].ddex_party_id.startswith("PADPIDA")
+    old = Catalog.load(write_catalog(tmp_path / "old", SPLITS))
+    assert old.tracks["T1"].isrc == "" and old.rights_holders["RH1"].ddex_party_id == ""
+    bad = tmp_path / "bad"
+    write_catalog(bad, SPLITS)
+    (bad / "tracks.csv").write_text(
+        "track_id,title,artist,duration_ms,isrc,icpn\nT1,a,b,1,NOT-AN-ISRC,\nT2,a,b,1,,\nT3,a,b,1,,\n"
+    )
+    with pytest.raises(ValueError, match="isrc 'NOT-AN-ISRC' is not a valid isrc"):
+        Catalog.load(bad)
