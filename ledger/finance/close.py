@@ -77,6 +77,7 @@ MANIFEST_FILE = "manifest.json"
 REVENUE_COLUMNS = ("month", "territory", "product", "royalty_pool_micros", "currency")
 _MONTH = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 _DIGITS = re.compile(r"[0-9]+")
+_MAX_REASONS_SHOWN = 40
 
 CLOSE_LINES_SCHEMA = pa.schema(
     [
@@ -99,7 +100,14 @@ class CloseRefused(ValueError):
 
     def __init__(self, month: str, reasons: Sequence[str]) -> None:
         self.reasons = list(reasons)
-        super().__init__(f"month {month} cannot close:\n  " + "\n  ".join(self.reasons))
+        shown = self.reasons[:_MAX_REASONS_SHOWN]
+        if len(self.reasons) > len(shown):
+            shown.append(
+                f"... and {len(self.reasons) - len(shown)} more (CloseRefused.reasons holds them all)"
+            )
+        super().__init__(
+            f"month {month} cannot close ({len(self.reasons)} problem(s)):\n  " + "\n  ".join(shown)
+        )
 
 
 @dataclass(frozen=True, slots=True)
