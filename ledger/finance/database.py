@@ -124,15 +124,19 @@ def write_database(data_dir: Path | str, out_file: Path | str | None = None) -> 
             FROM _closes_files
             """
         )
+        closes_glob = _quoted((data / _SOURCES["_closes_files"][0]).as_posix())
         connection.execute(
-            """
+            f"""
             CREATE VIEW close_current AS
             SELECT month, latest.version, rights_holder_id, track_id, territory, product,
                    CAST(sum(streams) AS BIGINT) AS streams,
                    CAST(sum(amount_micros) AS BIGINT) AS amount_micros,
                    CAST(sum(amount) AS DECIMAL(38, 6)) AS amount, currency
-            FROM closes JOIN (SELECT month, max(version) AS version FROM closes GROUP BY month) AS latest
-                 USING (month)
+            FROM closes JOIN (
+                SELECT regexp_extract(file, 'month=([0-9-]+)/v([0-9]+)/', 1) AS month,
+                       max(CAST(regexp_extract(file, 'month=([0-9-]+)/v([0-9]+)/', 2) AS INTEGER)) AS version
+                FROM glob({closes_glob}) GROUP BY 1
+            ) AS latest USING (month)
             GROUP BY month, latest.version, rights_holder_id, track_id, territory, product, currency
             HAVING sum(streams) <> 0 OR sum(amount_micros) <> 0
             """

@@ -84,6 +84,16 @@ def register(
         FROM {source}
         """
     )
+    # From the folders, not the lines: a version whose adjustments are all zero has no line.
+    versions = pa.table(
+        {
+            "month": pa.array(
+                [path.parent.parent.name.removeprefix("month=") for path in files], pa.string()
+            ),
+            "version": pa.array([int(path.parent.name[1:]) for path in files], pa.int32()),
+        }
+    )
+    connection.register("_close_versions", versions)
     connection.execute(
         """
         CREATE VIEW close_current AS
@@ -92,7 +102,7 @@ def register(
                CAST(sum(amount_micros) AS BIGINT) AS amount_micros,
                CAST(sum(amount) AS DECIMAL(38, 6)) AS amount,
                currency
-        FROM closes JOIN (SELECT month, max(version) AS version FROM closes GROUP BY month) AS latest
+        FROM closes JOIN (SELECT month, max(version) AS version FROM _close_versions GROUP BY month) AS latest
              USING (month)
         GROUP BY month, latest.version, rights_holder_id, track_id, territory, product, currency
         HAVING sum(streams) <> 0 OR sum(amount_micros) <> 0

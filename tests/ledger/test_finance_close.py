@@ -407,3 +407,21 @@ def test_the_command_closes_then_says_nothing_changed_and_refuses_with_exit_2(
     final_ledger_file(tmp_path, MONTH_START).unlink()
     assert main(argv) == 2
     assert "period 2026-11-01T00:00:00+00:00: no final ledger" in capsys.readouterr().err
+
+
+def test_a_version_without_adjustments_is_still_the_current_one(tmp_path: Path) -> None:
+    from ledger.finance.database import write_database
+
+    catalog, revenue = final_month(tmp_path)
+    close_month(tmp_path, MONTH, revenue, catalog_dir=catalog, period_seconds=DAY)
+    # A title fixed in the catalog: a changed input, the same money.
+    tracks = catalog / "tracks.csv"
+    tracks.write_text(tracks.read_text().replace("T1,T1,", "T1,Renamed,"))
+    second = close_month(tmp_path, MONTH, revenue, catalog_dir=catalog, period_seconds=DAY)
+    assert second.version == 2 and second.adjustments == 0
+    query = "SELECT DISTINCT version FROM close_current"
+    assert open_ledger(tmp_path).execute(query).fetchall() == [(2,)]
+    import duckdb
+
+    with duckdb.connect(str(write_database(tmp_path)), read_only=True) as connection:
+        assert connection.execute(query).fetchall() == [(2,)]
