@@ -292,8 +292,8 @@ def _streams_by_market(files: Sequence[Path]) -> dict[tuple[str, str], dict[str,
     return result
 
 
-def _annual_streams(data_dir: Path, month: str) -> dict[str, int]:
-    """Each track's streams in every final ledger of the 12 months up to the end of ``month``."""
+def _annual_streams(data_dir: Path, month: str) -> tuple[dict[str, int], list[Path]]:
+    """Each track's streams over the final ledgers of the 12 months up to the end of ``month``; the files."""
     _, end = _month_bounds(month)
     start = end.replace(year=end.year - 1)
     files = [
@@ -305,7 +305,7 @@ def _annual_streams(data_dir: Path, month: str) -> dict[str, int]:
     for market in _streams_by_market(files).values():
         for track_id, streams in market.items():
             totals[track_id] += streams
-    return totals
+    return totals, files
 
 
 def _source_files(data_dir: Path, periods: Sequence[dt.datetime], provisional: bool) -> list[Path]:
@@ -331,8 +331,9 @@ def compute_close(
 ) -> tuple[CloseResult, list[Path], list[Path]]:
     """Compute the month's close (writes nothing): the result, the ledger files read, the verdicts used.
 
-    Raises ``CloseRefused`` naming every period that lacks what a close needs (unless
-    ``provisional``) and every market with streams but no pool.
+    The ledger files returned are every file read (with eligibility on, the earlier
+    months' final ledgers too). Raises ``CloseRefused`` naming every period that lacks
+    what a close needs (unless ``provisional``) and every market with streams but no pool.
     """
     if min_annual_streams < 0:
         raise ValueError(f"--min-annual-streams must be >= 0, got {min_annual_streams}")
@@ -352,7 +353,11 @@ def compute_close(
         reasons.append(f"market {territory} {product}: {total} streams but no pool in {revenue_file}")
     if reasons:
         raise CloseRefused(month, reasons)
-    eligible = _annual_streams(data_dir, month) if min_annual_streams else None
+    eligible: dict[str, int] | None = None
+    if min_annual_streams:
+        eligible, annual_files = _annual_streams(data_dir, month)
+        # The earlier months' final ledgers decide eligibility: they are inputs too.
+        files = files + sorted(set(annual_files) - set(files))
     lines: list[CloseLine] = []
     market_streams: dict[tuple[str, str], int] = {}
     for key in sorted(markets):

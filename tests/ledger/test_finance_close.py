@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.catalog import Catalog
-from ledger.finance.close import CloseRefused, close_month, final_ledger_file
+from ledger.finance.close import CloseRefused, close_month, compute_close, final_ledger_file
 from ledger.storage import write_bytes_atomically
 from ledger.tables import ARCHIVE_DIR, CLOSED_MARKER, LEDGER_SCHEMA, partition_name
 from ledger.verdicts import record_verdict
@@ -293,6 +293,12 @@ def test_eligibility_leaves_small_tracks_out_of_the_denominator(tmp_path: Path) 
     # The October file tips SMALL over a threshold of 950.
     eligible = close_month(tmp_path, MONTH, revenue, min_annual_streams=950, **common)  # type: ignore[arg-type]
     assert {line.track_id: line.amount_micros for line in eligible.lines} == {"BIG": 769, "SMALL": 231}
+    # The October file decided eligibility, so it is an input of the close.
+    _, files, _ = compute_close(
+        tmp_path, MONTH, revenue, catalog=Catalog.load(catalog), provisional=True, min_annual_streams=950,
+        period_seconds=DAY,
+    )  # fmt: skip
+    assert final_ledger_file(tmp_path, MONTH_START - dt.timedelta(days=20)) in files
 
 
 # --- gates and versions --------------------------------------------------------------
