@@ -2,10 +2,14 @@
 
 A catalog is a directory of four CSVs with headers (contract v1)::
 
-    tracks.csv          track_id,title,artist,duration_ms
-    rights_holders.csv  rights_holder_id,name,role            role: label|publisher|distributor
+    tracks.csv          track_id,title,artist,duration_ms[,isrc,icpn]
+    rights_holders.csv  rights_holder_id,name,role[,ddex_party_id]  role: label|publisher|distributor
     splits.csv          track_id,rights_holder_id,share_bps   10,000 bps per track
     rates.csv           territory,product,rate_micros,currency territory '*' is the fallback
+
+The bracketed columns are optional (older catalogs load without them; an empty cell is
+allowed): the DDEX identifiers a DSR export needs, ``isrc`` (``CCXXXYYNNNNN``), ``icpn``
+(12 to 14 digits) of the track's release, and ``ddex_party_id`` (``PADPIDA...``).
 
 ``Catalog.load`` checks everything a ledger depends on before a single play is priced,
 and reports every problem it finds (file and line each) in one ``ValueError``, so a
@@ -58,6 +62,15 @@ _COLUMNS: dict[str, tuple[str, ...]] = {
     SPLITS_FILE: ("track_id", "rights_holder_id", "share_bps"),
     RATES_FILE: ("territory", "product", "rate_micros", "currency"),
 }
+_OPTIONAL_COLUMNS: dict[str, tuple[str, ...]] = {
+    TRACKS_FILE: ("isrc", "icpn"),
+    RIGHTS_HOLDERS_FILE: ("ddex_party_id",),
+}
+_IDENTIFIERS = {
+    "isrc": re.compile(r"[A-Z]{2}[A-Z0-9]{3}[0-9]{7}"),
+    "icpn": re.compile(r"[0-9]{12,14}"),
+    "ddex_party_id": re.compile(r"PADPIDA[A-Za-z0-9]+"),
+}
 # ASCII digits only: int() also takes "+5", " 5", "5_000" and non-ASCII digits.
 _NON_NEGATIVE_INT = re.compile(r"[0-9]+")
 _MAX_PROBLEMS_SHOWN = 50
@@ -71,6 +84,8 @@ class Track:
     title: str
     artist: str
     duration_ms: int
+    isrc: str = ""
+    icpn: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +95,7 @@ class RightsHolder:
     rights_holder_id: str
     name: str
     role: str
+    ddex_party_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +220,7 @@ class _CatalogLoader:
             reader = csv.reader(handle)
             try:
                 header = next(reader, [])
-                if not self._header_ok(path, header, expected):
+                if not self._header_ok(path, header, expected, _OPTIONAL_COLUMNS.get(file_name, ())):
                     return []
                 for fields in reader:
                     # line_num counts physical lines, so a quoted newline keeps the numbering right.
@@ -217,12 +233,14 @@ class _CatalogLoader:
                 self.problems.append(f"{path}:{reader.line_num}: unreadable CSV ({error})")
         return rows
 
-    def _header_ok(self, path: Path, header: list[str], expected: tuple[str, ...]) -> bool:
+    def _header_ok(
+        self, path: Path, header: list[str], expected: tuple[str, ...], optional: tuple[str, ...] = ()
+    ) -> bool:
         if not header:
             self.problems.append(f"{path}:1: no header; expected {','.join(expected)}")
             return False
         reasons = []
-        unknown = [column for column in header if column not in expected]
+        unknown = [column for column in header if column not in expected and column not in optional]
         missing = [column for column in expected if column not in header]
         duplicated = sorted({column for column in header if header.count(column) > 1})
         if unknown:
@@ -243,9 +261,21 @@ class _CatalogLoader:
             self.problems.append(f"{path}:{line}: expected {len(header)} fields, got {len(fields)}")
             return None
         values = dict(zip(header, fields, strict=True))
-        bad = [column for column, value in values.items() if not value or value != value.strip()]
+        bad = [
+            column
+            for column, value in values.items()
+            if (not value and column not in _IDENTIFIERS) or value != value.strip()
+        ]
         if bad:
             self.problems.append(f"{path}:{line}: empty or space-padded value in {', '.join(bad)}")
+            return None
+        malformed = [
+            f"{column} {value!r} is not a valid {column}"
+            for column, value in values.items()
+            if column in _IDENTIFIERS and value and not _IDENTIFIERS[column].fullmatch(value)
+        ]
+        if malformed:
+            self.problems.append(f"{path}:{line}: {'; '.join(malformed)}")
             return None
         return _Row(path, line, values)
 
@@ -270,7 +300,14 @@ class _CatalogLoader:
             lines[track_id] = row.line
             duration_ms = self._int(row, "duration_ms")
             if duration_ms is not None:
-                tracks[track_id] = Track(track_id, row.values["title"], row.values["artist"], duration_ms)
+                tracks[track_id] = Track(
+                    track_id,
+                    row.values["title"],
+                    row.values["artist"],
+                    duration_ms,
+                    row.values.get("isrc", ""),
+                    row.values.get("icpn", ""),
+                )
         return tracks, lines
 
     def _rights_holders(self, rows: list[_Row]) -> dict[str, RightsHolder]:
@@ -287,7 +324,9 @@ class _CatalogLoader:
             lines[rights_holder_id] = row.line
             if role not in ROLES:
                 self.problems.append(f"{row.where()}: role must be one of {'|'.join(ROLES)}, got {role!r}")
-            holders[rights_holder_id] = RightsHolder(rights_holder_id, row.values["name"], role)
+            holders[rights_holder_id] = RightsHolder(
+                rights_holder_id, row.values["name"], role, row.values.get("ddex_party_id", "")
+            )
         return holders
 
     def _splits(

@@ -33,6 +33,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from ledger.finance.views import register as register_finance_views
 from ledger.receipts import open_receipt_files, sealed_receipt_files
 from ledger.tables import (
     ARCHIVE_DIR,
@@ -148,6 +149,7 @@ def open_ledger(data_dir: Path | str) -> duckdb.DuckDBPyConnection:
     )
     connection.execute(f"CREATE VIEW counters AS SELECT * FROM {counters_source}")
     readable = ledger_files + final_files + dead_files + receipt_files + archive_files + counter_files
+    readable += register_finance_views(connection, data)
     connection.execute("SET allowed_paths = ?", [readable])
     connection.execute("SET enable_external_access = false")
     connection.execute("SET lock_configuration = true")

@@ -163,6 +163,12 @@ def _cmd_bench_pipeline(args: argparse.Namespace, extra: list[str]) -> int:
     return bench_pipeline_main(extra)
 
 
+def _cmd_bench_close(args: argparse.Namespace, extra: list[str]) -> int:
+    from pipelines.bench.close import main as bench_close_main
+
+    return bench_close_main(extra)
+
+
 def _cmd_bench_gateway(args: argparse.Namespace, extra: list[str]) -> int:
     from pipelines.bench.gateway import main as bench_gateway_main
 
@@ -206,6 +212,30 @@ def _cmd_ledger_sql(args: argparse.Namespace, extra: list[str]) -> int:
         Console().print(table)
         Console(stderr=True).print(f"{len(result.rows)} row(s)")
     return 0
+
+
+def _cmd_ledger_close(args: argparse.Namespace, extra: list[str]) -> int:
+    from ledger.finance.command import run
+
+    return run(args)
+
+
+def _cmd_ledger_statement(args: argparse.Namespace, extra: list[str]) -> int:
+    from ledger.finance.command import run_statement
+
+    return run_statement(args)
+
+
+def _cmd_ledger_dsr(args: argparse.Namespace, extra: list[str]) -> int:
+    from ledger.finance.command import run_dsr
+
+    return run_dsr(args)
+
+
+def _cmd_ledger_db(args: argparse.Namespace, extra: list[str]) -> int:
+    from ledger.finance.command import run_db
+
+    return run_db(args)
 
 
 def _port(text: str) -> int:
@@ -313,6 +343,12 @@ def _parser() -> argparse.ArgumentParser:
         help="streaming and batch events/s vs. transport and DuckDB (`playledger bench pipeline --help`)",
     )
     bench_pipeline.set_defaults(handler=_cmd_bench_pipeline, takes_extra=True)
+    bench_close = benches.add_parser(
+        "close",
+        add_help=False,
+        help="month close vs. DuckDB doing the same division (`playledger bench close --help`)",
+    )
+    bench_close.set_defaults(handler=_cmd_bench_close, takes_extra=True)
 
     ledger = commands.add_parser("ledger", help="query the ledger")
     ledgers = ledger.add_subparsers(dest="ledger", required=True, metavar="ACTION")
@@ -324,6 +360,29 @@ def _parser() -> argparse.ArgumentParser:
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
     sql.add_argument("sql", help='e.g. "SELECT * FROM balances ORDER BY amount DESC"')
     sql.set_defaults(handler=_cmd_ledger_sql, takes_extra=False)
+    from ledger.finance.command import add_arguments as add_close_arguments
+    from ledger.finance.command import add_db_arguments, add_dsr_arguments, add_statement_arguments
+
+    close = ledgers.add_parser(
+        "close", help="close a month: divide each market's pool by stream share, frozen"
+    )
+    add_close_arguments(close)
+    close.set_defaults(handler=_cmd_ledger_close, takes_extra=False)
+    statement = ledgers.add_parser(
+        "statement", help="a closed month's statement per rights holder: CSV and HTML"
+    )
+    add_statement_arguments(statement)
+    statement.set_defaults(handler=_cmd_ledger_statement, takes_extra=False)
+    dsr = ledgers.add_parser(
+        "dsr", help="a closed month as a DDEX DSR Basic Audio 1.2 file for one rights holder"
+    )
+    add_dsr_arguments(dsr)
+    dsr.set_defaults(handler=_cmd_ledger_dsr, takes_extra=False)
+    db = ledgers.add_parser(
+        "db", help="write a DuckDB database file with every view, for the duckdb CLI or DBeaver"
+    )
+    add_db_arguments(db)
+    db.set_defaults(handler=_cmd_ledger_db, takes_extra=False)
     return parser
 
 

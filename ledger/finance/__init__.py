@@ -1,0 +1,1 @@
+"""The month close: each market's royalty pool divided among rights holders by stream share."""
