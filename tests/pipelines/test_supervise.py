@@ -66,7 +66,7 @@ class FakeResult:
         self.cancelled.set()
 
 
-EVERYTHING_WRITTEN = {
+EVERYTHING_WRITTEN: dict[str, int] = {
     Counter.EVENTS_UNIQUE: 10,
     Counter.PLAYS: 10,
     Counter.ATTRIBUTED_PARTS: 25,
@@ -83,7 +83,7 @@ def test_unwritten_counts_plays_parts_and_dead_letters_not_yet_written() -> None
     assert unwritten(EVERYTHING_WRITTEN) == (0, 0)
     # Three plays de-duplicated but not yet counted by a pane, and a pane's five parts
     # attributed but not yet in a file; one conflict not yet dead-lettered.
-    behind = {
+    behind: dict[str, int] = {
         **EVERYTHING_WRITTEN,
         Counter.EVENTS_UNIQUE: 13,
         Counter.LEDGER_PLAYS_WRITTEN: 20,
@@ -93,7 +93,7 @@ def test_unwritten_counts_plays_parts_and_dead_letters_not_yet_written() -> None
 
 
 def test_drain_stops_once_everything_read_is_written_and_settled() -> None:
-    result = FakeResult({**EVERYTHING_WRITTEN, Counter.HEARTBEATS: 7})
+    result: Any = FakeResult({**EVERYTHING_WRITTEN, Counter.HEARTBEATS: 7})
     supervisor = _Supervisor(
         result, SupervisorSettings(topic="unused", heartbeat_seconds=0, early_firing_seconds=1)
     )
@@ -101,13 +101,13 @@ def test_drain_stops_once_everything_read_is_written_and_settled() -> None:
 
 
 def test_drain_times_out_when_parts_stay_unwritten() -> None:
-    result = FakeResult({**EVERYTHING_WRITTEN, Counter.LEDGER_PLAYS_WRITTEN: 24})
+    result: Any = FakeResult({**EVERYTHING_WRITTEN, Counter.LEDGER_PLAYS_WRITTEN: 24})
     settings = SupervisorSettings(topic="unused", heartbeat_seconds=0, drain_timeout_seconds=1.5)
     assert _Supervisor(result, settings).drain() == 2
 
 
 def test_a_signal_drains_saves_counters_and_cancels(tmp_path: Path) -> None:
-    result = FakeResult(EVERYTHING_WRITTEN)
+    result: Any = FakeResult(EVERYTHING_WRITTEN)
     saved = tmp_path / "metrics" / "pipeline_counters.json"
     settings = SupervisorSettings(
         topic="unused", heartbeat_seconds=0, early_firing_seconds=1, counters_path=saved
