@@ -4,12 +4,6 @@
 directory and the catalog CSVs, and ties, per period: receipts ↔ archive (completeness),
 archive ↔ final ledger (counting), money repriced independently in SQL ↔ final ledger,
 provisional ↔ final ledger (explained), and service levels. See ``runbooks/reconcile.md``.
+
+``ties`` computes them, ``command`` is ``playledger reconcile``, ``report`` draws the page.
 """
-
-from ledger.reconcile.ties import (
-    PeriodReconciliation,
-    ReconcileInputError,
-    reconcile_periods,
-)
-
-__all__ = ["PeriodReconciliation", "ReconcileInputError", "reconcile_periods"]

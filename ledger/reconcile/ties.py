@@ -113,7 +113,9 @@ class StoredRecord:
             try:
                 json.loads(path.read_text())
             except (OSError, ValueError) as error:
-                raise ReconcileInputError(f"{path}: not a readable {CLOSED_MARKER} manifest ({error})") from None
+                raise ReconcileInputError(
+                    f"{path}: not a readable {CLOSED_MARKER} manifest ({error})"
+                ) from None
 
     def files_of_period(self, start: dt.datetime, end: dt.datetime) -> list[Path]:
         """Every file a period's reconciliation read (tables are read whole; markers of its hours)."""
@@ -428,9 +430,7 @@ def _tie_period(
     unreceipted = _rows(connection, "SELECT * FROM unreceipted WHERE period_start = ?", start)
     has_final = bool(
         _rows(connection, "SELECT 1 AS x FROM final_rows WHERE period_start = ? LIMIT 1", start)
-    ) or any(
-        path.parent.name == partition_name("period", start) for path in record.ledger_final
-    )
+    ) or any(path.parent.name == partition_name("period", start) for path in record.ledger_final)
     money = _rows(
         connection,
         """
@@ -541,7 +541,10 @@ def _tie_period(
         if _int(final_plays["plays"]) != first_copies:
             result.exceptions.append(
                 _exception(
-                    period, "first_copies_vs_final_plays", expected=first_copies, found=_int(final_plays["plays"])
+                    period,
+                    "first_copies_vs_final_plays",
+                    expected=first_copies,
+                    found=_int(final_plays["plays"]),
                 )
             )
     final_amount = sum(_int(row["found_micros"]) for row in money)
@@ -563,7 +566,9 @@ def _tie_period(
             }
         )
     for row in dead:
-        result.dead_letters.append({"stage": row["stage"], "reason": row["reason"], "rows": _int(row["rows"])})
+        result.dead_letters.append(
+            {"stage": row["stage"], "reason": row["reason"], "rows": _int(row["rows"])}
+        )
 
     shortfall_plays = _int(final_plays["plays"]) - _int(provisional_plays["plays"])
     shortfall_micros = final_amount - provisional_amount
@@ -580,7 +585,9 @@ def _tie_period(
         "receipts_archived_through_another_message": _int(receipts["other_message"]),
         "archived_without_receipt": _int(unreceipted[0]["archived_without_receipt"]) if unreceipted else 0,
         "first_copies": first_copies,
-        "duplicates": _int(counts.get("resent")) + _int(counts.get("redeliveries")) + _int(counts.get("conflicts")),
+        "duplicates": _int(counts.get("resent"))
+        + _int(counts.get("redeliveries"))
+        + _int(counts.get("conflicts")),
         "resent_copies": _int(counts.get("resent")),
         "redeliveries": _int(counts.get("redeliveries")),
         "conflicts": _int(counts.get("conflicts")),

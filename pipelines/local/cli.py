@@ -176,6 +176,12 @@ def _json_value(value: Any) -> Any:
     return value
 
 
+def _cmd_reconcile(args: argparse.Namespace, extra: list[str]) -> int:
+    from ledger.reconcile.command import run
+
+    return run(args)
+
+
 def _cmd_ledger_sql(args: argparse.Namespace, extra: list[str]) -> int:
     from ledger.views import ReadOnlyQueryError, open_ledger, run_sql
 
@@ -323,6 +329,14 @@ def _parser() -> argparse.ArgumentParser:
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
     sql.add_argument("sql", help='e.g. "SELECT * FROM balances ORDER BY amount DESC"')
     sql.set_defaults(handler=_cmd_ledger_sql, takes_extra=False)
+
+    from ledger.reconcile.command import add_arguments as reconcile_arguments
+
+    reconcile = commands.add_parser(
+        "reconcile", help="tie receipts, archive and ledgers per period; exit 0 balanced, 1, 3 incomplete"
+    )
+    reconcile_arguments(reconcile)
+    reconcile.set_defaults(handler=_cmd_reconcile, takes_extra=False)
     return parser
 
 
