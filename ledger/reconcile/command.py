@@ -191,8 +191,9 @@ def _print_text(results: Sequence[PeriodReconciliation], status: str, out: Path)
         for line in result.not_checked + result.explanations:
             console.print(f"{result.period_start.isoformat()}: {line}")
         for exception in result.exceptions[:20]:
+            subject = exception["event_id"] or exception["rights_holder_id"]
             console.print(
-                f"{exception['period']}: {exception['check']} {exception['event_id'] or exception['rights_holder_id']}"
+                f"{exception['period']}: {exception['check']} {subject}"
                 f" expected {exception['expected']}, found {exception['found']}"
             )
 

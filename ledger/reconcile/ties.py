@@ -64,7 +64,7 @@ class StoredRecord:
     catalog: list[Path]
 
     @classmethod
-    def list(cls, data_dir: Path, catalog_dir: Path) -> StoredRecord:
+    def of(cls, data_dir: Path, catalog_dir: Path) -> StoredRecord:
         data = data_dir.resolve()
 
         def parquet(folder: str) -> list[Path]:
@@ -151,12 +151,14 @@ def _connect(record: StoredRecord, catalog_dir: Path) -> duckdb.DuckDBPyConnecti
     parts = []
     if record.receipts_sealed:
         parts.append(
-            f"SELECT {columns} FROM read_parquet({_sql_list(record.receipts_sealed)}, hive_partitioning = false)"
+            f"SELECT {columns} FROM read_parquet({_sql_list(record.receipts_sealed)}, "
+            "hive_partitioning = false)"
         )
     if record.receipts_open:
         # A torn last line of a gateway killed mid-write was never answered 200: it reads as NULLs.
         parts.append(
-            f"SELECT {columns} FROM read_json({_sql_list(record.receipts_open)}, format = 'newline_delimited', "
+            f"SELECT {columns} FROM read_json({_sql_list(record.receipts_open)}, "
+            "format = 'newline_delimited', "
             "columns = {event_id: 'VARCHAR', batch_id: 'VARCHAR', received_at: 'TIMESTAMPTZ', "
             "message_id: 'VARCHAR'}, ignore_errors = true) WHERE event_id IS NOT NULL "
             "AND message_id IS NOT NULL AND received_at IS NOT NULL"
@@ -171,7 +173,8 @@ def _connect(record: StoredRecord, catalog_dir: Path) -> duckdb.DuckDBPyConnecti
         f"FROM read_csv('{(catalog / SPLITS_FILE).as_posix()}', header = true, all_varchar = true)"
     )
     connection.execute(
-        "CREATE TABLE rates AS SELECT territory, product, CAST(rate_micros AS BIGINT) AS rate_micros, currency "
+        "CREATE TABLE rates AS SELECT territory, product, "
+        "CAST(rate_micros AS BIGINT) AS rate_micros, currency "
         f"FROM read_csv('{(catalog / RATES_FILE).as_posix()}', header = true, all_varchar = true)"
     )
     return connection
@@ -333,7 +336,7 @@ def reconcile_periods(
     if period_seconds <= 0:
         raise ValueError("period_seconds must be positive")
     catalog = Path(catalog_dir)
-    record = StoredRecord.list(Path(data_dir), catalog)
+    record = StoredRecord.of(Path(data_dir), catalog)
     try:
         connection = _connect(record, catalog)
         connection.execute("SET TimeZone = 'UTC'")
@@ -391,7 +394,8 @@ def _per_period(
         CREATE TEMP TABLE unreceipted AS
         SELECT c.period_start, count(*) AS archived_without_receipt
         FROM copies c
-        WHERE NOT EXISTS (SELECT 1 FROM receipts r WHERE lower(r.event_id) = c.id AND r.message_id = c.message_id)
+        WHERE NOT EXISTS (SELECT 1 FROM receipts r
+                          WHERE lower(r.event_id) = c.id AND r.message_id = c.message_id)
         GROUP BY ALL
         """
     )
@@ -660,6 +664,7 @@ def _provisional_words(plays: int, micros: int, streaming: dict[str, int], first
         return (
             f"streaming ledger over by {-plays:,} plays, {_micros_text(-micros)}: resent copies counted "
             "again after a pipeline restart forgot its de-duplication state; the final ledger counts each "
-            f"event once ({streaming.get('events_duplicate', 0):,} duplicates dropped by the streaming pipeline)"
+            f"event once ({streaming.get('events_duplicate', 0):,} duplicates dropped by the streaming "
+            "pipeline)"
         )
     return f"streaming ledger differs by {_micros_text(micros)} with the same plays: priced differently"
