@@ -187,35 +187,51 @@ def _period_sql(column: str, period_seconds: int) -> str:
 
 
 _TIES_SQL = """
-CREATE TEMP TABLE copies AS
-SELECT lower(event_id) AS id, event_id, message_id, received_at, bucket_hour, track_id, territory,
-       product, ms_played, user_id, played_at, {period_of_received} AS period_start,
-       row_number() OVER (PARTITION BY lower(event_id) ORDER BY received_at, message_id) AS copy_number,
-       count(*) OVER (PARTITION BY lower(event_id), message_id) AS same_message_copies,
-       first_value(struct_pack(user_id, track_id, played_at, ms_played, territory, product))
-           OVER (PARTITION BY lower(event_id) ORDER BY received_at, message_id) AS first_content,
-       row_number() OVER (PARTITION BY lower(event_id), message_id ORDER BY received_at) AS message_copy
-FROM archive;
+CREATE TEMP TABLE pairs AS
+SELECT lower(event_id) AS id, message_id, count(*) AS copies,
+       -- A message archived twice is the same bytes twice: any copy stands for it.
+       min(struct_pack(received_at, message_id, user_id, track_id, played_at, ms_played, territory, product))
+           AS copy,
+       count(*) FILTER (bucket_hour > date_trunc('hour', received_at)) AS skewed
+FROM archive GROUP BY ALL;
+
+-- The first copy of an event: the least (received_at, message_id), the struct's first fields.
+CREATE TEMP TABLE events AS
+SELECT id, min(copy) AS first, count(*) AS messages FROM pairs GROUP BY id;
+
+CREATE TEMP TABLE later_copies AS
+SELECT {period_of_copy} AS period_start,
+       row(p.copy.user_id, p.copy.track_id, p.copy.played_at, p.copy.ms_played, p.copy.territory,
+           p.copy.product)
+       = row(e.first.user_id, e.first.track_id, e.first.played_at, e.first.ms_played,
+             e.first.territory, e.first.product) AS same_content
+FROM pairs p JOIN events e ON e.id = p.id AND e.messages > 1
+WHERE p.message_id <> e.first.message_id;
 
 CREATE TEMP TABLE archive_counts AS
-SELECT period_start,
-       count(*) AS archived,
-       count(*) FILTER (copy_number = 1) AS first_copies,
-       count(*) FILTER (copy_number > 1 AND message_copy > 1) AS redeliveries,
-       count(*) FILTER (copy_number > 1 AND message_copy = 1
-                        AND struct_pack(user_id, track_id, played_at, ms_played, territory, product)
-                            = first_content) AS resent,
-       count(*) FILTER (copy_number > 1 AND message_copy = 1
-                        AND struct_pack(user_id, track_id, played_at, ms_played, territory, product)
-                            IS DISTINCT FROM first_content) AS conflicts,
-       count(*) FILTER (copy_number = 1 AND ms_played >= {min_stream_ms}) AS streams,
-       count(*) FILTER (bucket_hour > date_trunc('hour', received_at)) AS skewed
-FROM copies GROUP BY period_start;
+WITH by_pairs AS (
+    SELECT {period_of_copy} AS period_start, sum(copies) AS archived, sum(copies - 1) AS redeliveries,
+           sum(skewed) AS skewed
+    FROM pairs p GROUP BY 1
+), by_events AS (
+    SELECT {period_of_first} AS period_start, count(*) AS first_copies,
+           count(*) FILTER (e.first.ms_played >= {min_stream_ms}) AS streams
+    FROM events e GROUP BY 1
+), by_later AS (
+    SELECT period_start, count(*) FILTER (same_content) AS resent,
+           count(*) FILTER (NOT same_content) AS conflicts
+    FROM later_copies GROUP BY 1
+)
+SELECT period_start, coalesce(archived, 0) AS archived, coalesce(redeliveries, 0) AS redeliveries,
+       coalesce(skewed, 0) AS skewed, coalesce(first_copies, 0) AS first_copies,
+       coalesce(streams, 0) AS streams, coalesce(resent, 0) AS resent, coalesce(conflicts, 0) AS conflicts
+FROM by_pairs FULL JOIN by_events USING (period_start) FULL JOIN by_later USING (period_start);
 
 CREATE TEMP TABLE play_groups AS
-SELECT period_start, track_id, territory, product,
-       count(*) AS plays, count(*) FILTER (ms_played >= {min_stream_ms}) AS streams
-FROM copies WHERE copy_number = 1 GROUP BY ALL;
+SELECT {period_of_first} AS period_start, e.first.track_id AS track_id, e.first.territory AS territory,
+       e.first.product AS product, count(*) AS plays,
+       count(*) FILTER (e.first.ms_played >= {min_stream_ms}) AS streams
+FROM events e GROUP BY ALL;
 
 CREATE TEMP TABLE priced AS
 SELECT g.*, coalesce(exact.rate_micros, fallback.rate_micros) AS gross_micros,
@@ -342,7 +358,8 @@ def reconcile_periods(
         connection.execute("SET TimeZone = 'UTC'")
         for statement in duckdb.extract_statements(
             _TIES_SQL.format(
-                period_of_received=_period_sql("received_at", period_seconds),
+                period_of_copy=_period_sql("p.copy.received_at", period_seconds),
+                period_of_first=_period_sql("e.first.received_at", period_seconds),
                 min_stream_ms=int(min_stream_ms),
                 unmatched=UNMATCHED,
             )
@@ -375,28 +392,28 @@ def _per_period(
         starts = [_utc(row["period_start"]) for row in found]
     else:
         starts = [_utc(start) for start in periods]
-    # Receipts tied to the archive by event id and message id; by event id alone as a fallback.
+    # Receipts tied to the archive by event id and message id (both ways in one join); the
+    # receipts no archived message holds are then looked up by event id alone.
     connection.execute(
         f"""
-        CREATE TEMP TABLE receipt_ties AS
+        CREATE TEMP TABLE receipt_gaps AS
         SELECT r.event_id, r.message_id, {receipt_period} AS period_start,
-               EXISTS (SELECT 1 FROM copies c WHERE c.id = lower(r.event_id) AND c.message_id = r.message_id)
-                   AS same_message,
-               EXISTS (SELECT 1 FROM copies c WHERE c.id = lower(r.event_id)) AS event_archived,
-               EXISTS (SELECT 1 FROM copies c WHERE c.id = lower(r.event_id) AND c.copy_number = 1
-                       AND EXISTS (SELECT 1 FROM final_rows f WHERE f.period_start = c.period_start))
-                   AS in_final
-        FROM receipts r
+               {_period_sql("p.copy.received_at", period_seconds)} AS archived_period, p.copies
+        FROM receipts r FULL JOIN pairs p ON p.id = lower(r.event_id) AND p.message_id = r.message_id
+        WHERE p.id IS NULL OR r.event_id IS NULL
         """
     )
     connection.execute(
-        """
+        f"""
+        CREATE TEMP TABLE receipt_missing AS
+        SELECT g.event_id, g.message_id, g.period_start, e.id IS NOT NULL AS event_archived
+        FROM receipt_gaps g LEFT JOIN events e ON e.id = lower(g.event_id)
+        WHERE g.event_id IS NOT NULL;
+        CREATE TEMP TABLE receipt_counts AS
+        SELECT {receipt_period} AS period_start, count(*) AS receipts FROM receipts GROUP BY 1;
         CREATE TEMP TABLE unreceipted AS
-        SELECT c.period_start, count(*) AS archived_without_receipt
-        FROM copies c
-        WHERE NOT EXISTS (SELECT 1 FROM receipts r
-                          WHERE lower(r.event_id) = c.id AND r.message_id = c.message_id)
-        GROUP BY ALL
+        SELECT archived_period AS period_start, sum(copies) AS archived_without_receipt
+        FROM receipt_gaps WHERE event_id IS NULL GROUP BY 1;
         """
     )
     results = []
@@ -414,23 +431,20 @@ def _tie_period(
     start, end = result.period_start, result.period_end
     period = start.isoformat()
     counts = next(iter(_rows(connection, "SELECT * FROM archive_counts WHERE period_start = ?", start)), {})
-    receipts = _rows(
-        connection,
-        """
-        SELECT count(*) AS receipts,
-               count(*) FILTER (NOT event_archived) AS missing,
-               count(*) FILTER (event_archived AND NOT same_message) AS other_message,
-               count(*) FILTER (in_final) AS in_final
-        FROM receipt_ties WHERE period_start = ?
-        """,
-        start,
-    )[0]
+    receipt_total = _rows(
+        connection, "SELECT coalesce(sum(receipts), 0) AS n FROM receipt_counts WHERE period_start = ?", start
+    )[0]["n"]
     missing = _rows(
         connection,
-        "SELECT event_id, message_id FROM receipt_ties WHERE period_start = ? AND NOT event_archived "
+        "SELECT event_id, message_id FROM receipt_missing WHERE period_start = ? AND NOT event_archived "
         "ORDER BY event_id",
         start,
     )
+    other_message = _rows(
+        connection,
+        "SELECT count(*) AS n FROM receipt_missing WHERE period_start = ? AND event_archived",
+        start,
+    )[0]["n"]
     unreceipted = _rows(connection, "SELECT * FROM unreceipted WHERE period_start = ?", start)
     has_final = bool(
         _rows(connection, "SELECT 1 AS x FROM final_rows WHERE period_start = ? LIMIT 1", start)
@@ -581,12 +595,12 @@ def _tie_period(
             _provisional_words(shortfall_plays, shortfall_micros, streaming_counters, first_copies)
         )
     archived = _int(counts.get("archived"))
-    receipts_count = _int(receipts["receipts"])
+    receipts_count = _int(receipt_total)
     result.numbers = {
         "receipts": receipts_count,
         "archived": archived,
         "missing_from_archive": len(missing),
-        "receipts_archived_through_another_message": _int(receipts["other_message"]),
+        "receipts_archived_through_another_message": _int(other_message),
         "archived_without_receipt": _int(unreceipted[0]["archived_without_receipt"]) if unreceipted else 0,
         "first_copies": first_copies,
         "duplicates": _int(counts.get("resent"))
@@ -609,9 +623,10 @@ def _tie_period(
         "provisional_shortfall_plays": shortfall_plays,
         "provisional_shortfall_micros": shortfall_micros,
         "streaming_counters": streaming_counters,
-        "completeness_percent": round(100 * _int(receipts["in_final"]) / receipts_count, 4)
-        if receipts_count
-        else None,
+        # Receipts whose event is archived, in a period with its final ledger written.
+        "completeness_percent": round(100 * (receipts_count - len(missing)) / receipts_count, 4)
+        if receipts_count and has_final
+        else (0.0 if receipts_count else None),
         "skewed_rows": _int(counts.get("skewed")),
         "skew_percent": round(100 * _int(counts.get("skewed")) / archived, 4) if archived else None,
         "final_written_seconds_after_period_end": round((_utc(timing["written_at"]) - end).total_seconds(), 3)

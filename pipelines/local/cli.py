@@ -162,6 +162,12 @@ def _cmd_bench_pipeline(args: argparse.Namespace, extra: list[str]) -> int:
     return bench_pipeline_main(extra)
 
 
+def _cmd_bench_reconcile(args: argparse.Namespace, extra: list[str]) -> int:
+    from pipelines.bench.reconcile import main as bench_reconcile_main
+
+    return bench_reconcile_main(extra)
+
+
 def _cmd_bench_gateway(args: argparse.Namespace, extra: list[str]) -> int:
     from pipelines.bench.gateway import main as bench_gateway_main
 
@@ -318,6 +324,12 @@ def _parser() -> argparse.ArgumentParser:
         help="streaming and batch events/s vs. transport and DuckDB (`playledger bench pipeline --help`)",
     )
     bench_pipeline.set_defaults(handler=_cmd_bench_pipeline, takes_extra=True)
+    bench_reconcile = benches.add_parser(
+        "reconcile",
+        add_help=False,
+        help="reconciling a period vs. DuckDB's anti-join of receipts and archive (`--help`)",
+    )
+    bench_reconcile.set_defaults(handler=_cmd_bench_reconcile, takes_extra=True)
 
     ledger = commands.add_parser("ledger", help="query the ledger")
     ledgers = ledger.add_subparsers(dest="ledger", required=True, metavar="ACTION")
