@@ -188,6 +188,12 @@ def _cmd_reconcile(args: argparse.Namespace, extra: list[str]) -> int:
     return run(args)
 
 
+def _cmd_chaos(args: argparse.Namespace, extra: list[str]) -> int:
+    from pipelines.local.chaos import main as chaos_main
+
+    return chaos_main(extra)
+
+
 def _cmd_ledger_sql(args: argparse.Namespace, extra: list[str]) -> int:
     from ledger.views import ReadOnlyQueryError, open_ledger, run_sql
 
@@ -349,6 +355,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     reconcile_arguments(reconcile)
     reconcile.set_defaults(handler=_cmd_reconcile, takes_extra=False)
+    chaos = commands.add_parser(
+        "chaos",
+        add_help=False,
+        help="a simulation under SIGKILLs, then reconcile (`playledger chaos --help`)",
+    )
+    chaos.set_defaults(handler=_cmd_chaos, takes_extra=True)
     return parser
 
 
