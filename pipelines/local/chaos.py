@@ -115,6 +115,22 @@ def _wait_healthy(url: str, deadline_seconds: float = 60.0) -> None:
     raise RuntimeError(f"{url} did not answer /healthz within {deadline_seconds:g} s")
 
 
+def _unarchived_receipts(data_dir: Path) -> int:
+    """Receipts whose event is in no archived row yet."""
+    rows = run_sql(
+        open_ledger(data_dir),
+        "SELECT count(*) FROM receipts r ANTI JOIN archive a ON lower(a.event_id) = lower(r.event_id)",
+    ).rows
+    return int(rows[0][0])
+
+
+def _wait_archived(data_dir: Path, deadline_seconds: float) -> None:
+    deadline = time.monotonic() + deadline_seconds
+    while (waiting := _unarchived_receipts(data_dir)) and time.monotonic() < deadline:
+        LOG.info("chaos: %d receipts not archived yet (redelivery after the ack deadline)", waiting)
+        time.sleep(2.0)
+
+
 def _truth_balances(truth: Path, catalog: Catalog, min_stream_ms: int) -> dict[str, tuple[int, int]]:
     """(plays, amount_micros) per rights holder of the plays the simulator really made."""
     balances: dict[str, tuple[int, int]] = {}
@@ -135,6 +151,7 @@ def run_chaos(
     duration: str = "30m",
     speed: float = 60.0,
     drop_ack_share: float = 0.05,
+    archive_deadline_seconds: float = 180.0,
 ) -> ChaosResult:
     """One chaos run in ``data_dir`` (see the module docstring)."""
     data_dir = data_dir.resolve()
@@ -233,8 +250,11 @@ def run_chaos(
                 LOG.warning("chaos: the %s was restarted", name)
             if simulator.wait(timeout=600) != 0:
                 raise RuntimeError(f"the simulator failed; see {log_dir / 'simulate.log'}")
-            # Let the archiver and the pipeline drain what is still in their subscriptions.
-            time.sleep(15.0)
+            # A killed archiver's unacknowledged messages come back only after their ack
+            # deadline: wait until the archive holds every receipt's event, then a little more
+            # for the pipeline's last panes.
+            _wait_archived(data_dir, archive_deadline_seconds)
+            time.sleep(5.0)
         finally:
             for name in ("gateway", "cdn", "archiver", "pipeline"):
                 parts[name].stop()
