@@ -169,6 +169,12 @@ def _cmd_bench_close(args: argparse.Namespace, extra: list[str]) -> int:
     return bench_close_main(extra)
 
 
+def _cmd_bench_reconcile(args: argparse.Namespace, extra: list[str]) -> int:
+    from pipelines.bench.reconcile import main as bench_reconcile_main
+
+    return bench_reconcile_main(extra)
+
+
 def _cmd_bench_gateway(args: argparse.Namespace, extra: list[str]) -> int:
     from pipelines.bench.gateway import main as bench_gateway_main
 
@@ -181,6 +187,18 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
     return value
+
+
+def _cmd_reconcile(args: argparse.Namespace, extra: list[str]) -> int:
+    from ledger.reconcile.command import run
+
+    return run(args)
+
+
+def _cmd_chaos(args: argparse.Namespace, extra: list[str]) -> int:
+    from pipelines.local.chaos import main as chaos_main
+
+    return chaos_main(extra)
 
 
 def _cmd_ledger_sql(args: argparse.Namespace, extra: list[str]) -> int:
@@ -349,6 +367,12 @@ def _parser() -> argparse.ArgumentParser:
         help="month close vs. DuckDB doing the same division (`playledger bench close --help`)",
     )
     bench_close.set_defaults(handler=_cmd_bench_close, takes_extra=True)
+    bench_reconcile = benches.add_parser(
+        "reconcile",
+        add_help=False,
+        help="reconciling a period vs. DuckDB's anti-join of receipts and archive (`--help`)",
+    )
+    bench_reconcile.set_defaults(handler=_cmd_bench_reconcile, takes_extra=True)
 
     ledger = commands.add_parser("ledger", help="query the ledger")
     ledgers = ledger.add_subparsers(dest="ledger", required=True, metavar="ACTION")
@@ -383,6 +407,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_db_arguments(db)
     db.set_defaults(handler=_cmd_ledger_db, takes_extra=False)
+
+    from ledger.reconcile.command import add_arguments as reconcile_arguments
+
+    reconcile = commands.add_parser(
+        "reconcile", help="tie receipts, archive and ledgers per period; exit 0 balanced, 1, 3 incomplete"
+    )
+    reconcile_arguments(reconcile)
+    reconcile.set_defaults(handler=_cmd_reconcile, takes_extra=False)
+    chaos = commands.add_parser(
+        "chaos",
+        add_help=False,
+        help="a simulation under SIGKILLs, then reconcile (`playledger chaos --help`)",
+    )
+    chaos.set_defaults(handler=_cmd_chaos, takes_extra=True)
     return parser
 
 
