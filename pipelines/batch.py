@@ -48,7 +48,7 @@ from apache_beam.runners.runner import PipelineResult
 from ledger.catalog import Catalog
 from ledger.tables import CLOSED_MARKER, FINAL_LEDGER_DIR, partition_name
 from pipelines.config import PipelineConfig
-from pipelines.options import BatchOptions, RoyaltyOptions, options_help
+from pipelines.options import BatchOptions, RoyaltyOptions, options_help, refuse_unknown_flags
 from pipelines.transforms.archive_reads import ReadArchiveFiles, archive_files, open_hours, period_hours
 from pipelines.transforms.attribution import AttributeCounts
 from pipelines.transforms.exact_dedup import FirstCopiesInPeriod
@@ -105,6 +105,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if "-h" in argv or "--help" in argv:
         print(options_help("playledger pipeline batch", __doc__.split("\n")[0], RoyaltyOptions, BatchOptions))
         return 0
+    refuse_unknown_flags(argv)
     options = PipelineOptions(argv, save_main_session=False)
     config = options.view_as(RoyaltyOptions).config()
     data_dir: str = options.view_as(RoyaltyOptions).data_dir
