@@ -46,7 +46,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineResult
 
 from ledger.catalog import Catalog
-from ledger.tables import CLOSED_MARKER, FINAL_LEDGER_DIR, partition_name
+from ledger.counters import Counter as CounterName
+from ledger.tables import ARCHIVE_DIR, CLOSED_MARKER, FINAL_LEDGER_DIR, partition_name
 from pipelines.config import PipelineConfig
 from pipelines.options import BatchOptions, RoyaltyOptions, options_help, refuse_unknown_flags
 from pipelines.transforms.archive_reads import ReadArchiveFiles, archive_files, open_hours, period_hours
@@ -54,7 +55,7 @@ from pipelines.transforms.attribution import AttributeCounts
 from pipelines.transforms.exact_dedup import FirstCopiesInPeriod
 from pipelines.transforms.metrics import counters
 from pipelines.transforms.periods import Period
-from pipelines.transforms.sinks import WriteFinalLedger
+from pipelines.transforms.sinks import WriteFinalLedger, write_empty_final_period
 
 __all__ = [
     "DEFAULT_SHARDS",
@@ -127,7 +128,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         period,
     )
     if not files:
-        LOG.warning("no archive files for %s: nothing to recompute", period.start)
+        # Nothing was archived for it (a mistyped period, or the wrong data directory):
+        # an empty final ledger would claim "recomputed, zero".
+        raise ValueError(
+            f"no archived hour for the period starting {period.start.isoformat()} under "
+            f"{data_dir.rstrip('/')}/{ARCHIVE_DIR}: nothing to recompute"
+        )
     still_open = open_hours(data_dir, period)
     if still_open:
         LOG.warning(
@@ -140,6 +146,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         )
     result = pipeline.run()
     result.wait_until_finish()
+    if not counters(result).get(CounterName.LEDGER_FINAL_ROWS_WRITTEN, 0):
+        # Counted nothing: still a final period, of no rows, so balances shows it as final.
+        write_empty_final_period(f"{data_dir.rstrip('/')}/{FINAL_LEDGER_DIR}", temp, period.start)
     LOG.info("%s", _summary(result, period, f"{data_dir.rstrip('/')}/{FINAL_LEDGER_DIR}"))
     return 0
 
