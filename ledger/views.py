@@ -6,7 +6,14 @@
   as DECIMAL(38,6), the pane that wrote it and when). Balances are sums.
 - ``ledger_final``: the batch recompute's final rows per period (``playledger pipeline
   batch``), same columns; the streaming ``ledger`` is provisional until then.
-- ``balances``: per period, rights holder and currency: plays, streams, amount.
+  In both, ``plays`` is plays times rights holders: every holder of a track gets a row
+  counting the track's plays, so ``sum(plays)`` over holders counts a play once per holder.
+- ``balances``: per period, rights holder and currency: plays, streams, amount, and
+  ``source``: ``FINAL`` where the period has a final ledger (a recompute that counted
+  nothing leaves an empty one: recomputed, zero), ``PROVISIONAL`` (the streaming
+  ``ledger``) otherwise. A period is never shown from both.
+- ``plays``: per period and track, from the same source as ``balances``: ``plays`` and
+  ``streams`` each play counted once (not once per rights holder), and ``source``.
 - ``counters``: elements per pipeline branch per period (``events_decoded``,
   ``events_unique``, ``events_duplicate``, ``events_conflict``, ``events_invalid``,
   ``messages_undecodable``; ``plays_qualified``, ``plays_unmatched``, ``plays_late``,
@@ -26,6 +33,7 @@ accepts only statements that read.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -97,9 +105,20 @@ def _receipts_source(connection: duckdb.DuckDBPyConnection, data: Path) -> tuple
     return " UNION ALL ".join(parts), [path.as_posix() for path in sealed + still_open]
 
 
+def _final_periods(final_files: Sequence[str]) -> list[dt.datetime]:
+    """The period starts of the final ledger's files, from their ``period=`` folder names."""
+    starts = set()
+    for path in final_files:
+        folder = Path(path).parent.name
+        starts.add(
+            dt.datetime.strptime(folder.removeprefix("period="), "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+        )
+    return sorted(starts)
+
+
 def open_ledger(data_dir: Path | str) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the views ``ledger``, ``ledger_final``, ``balances``,
-    ``counters``, ``dead_letters``, ``receipts`` and ``archive``.
+    ``plays``, ``counters``, ``dead_letters``, ``receipts`` and ``archive``.
 
     The views are made of the files present when it is called: open it again to see later ones.
     """
@@ -124,6 +143,20 @@ def open_ledger(data_dir: Path | str) -> duckdb.DuckDBPyConnection:
             FROM {source}
             """
         )
+    # A period is final once its folder holds the recompute's file, even one of no rows.
+    connection.register(
+        "_final_periods",
+        pa.table({"period_start": pa.array(_final_periods(final_files), pa.timestamp("us", tz="UTC"))}),
+    )
+    connection.execute(
+        """
+        CREATE VIEW _ledger_current AS
+        SELECT *, 'FINAL' AS source FROM ledger_final
+        UNION ALL BY NAME
+        SELECT *, 'PROVISIONAL' AS source FROM ledger
+        WHERE period_start NOT IN (SELECT period_start FROM _final_periods)
+        """
+    )
     connection.execute(
         """
         CREATE VIEW balances AS
@@ -131,9 +164,26 @@ def open_ledger(data_dir: Path | str) -> duckdb.DuckDBPyConnection:
                CAST(sum(plays) AS BIGINT) AS plays,
                CAST(sum(streams) AS BIGINT) AS streams,
                CAST(sum(amount_micros) AS BIGINT) AS amount_micros,
-               CAST(sum(amount) AS DECIMAL(38, 6)) AS amount
-        FROM ledger
+               CAST(sum(amount) AS DECIMAL(38, 6)) AS amount,
+               source
+        FROM _ledger_current
         GROUP BY ALL
+        """
+    )
+    connection.execute(
+        """
+        CREATE VIEW plays AS
+        SELECT period_start, track_id,
+               CAST(max(plays) AS BIGINT) AS plays,
+               CAST(max(streams) AS BIGINT) AS streams,
+               source
+        FROM (
+            SELECT period_start, track_id, rights_holder_id, source,
+                   sum(plays) AS plays, sum(streams) AS streams
+            FROM _ledger_current
+            GROUP BY ALL
+        )
+        GROUP BY period_start, track_id, source
         """
     )
     connection.execute(f"CREATE VIEW dead_letters AS SELECT * FROM {dead_source}")

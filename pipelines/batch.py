@@ -46,15 +46,16 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineResult
 
 from ledger.catalog import Catalog
-from ledger.tables import CLOSED_MARKER, FINAL_LEDGER_DIR, partition_name
+from ledger.counters import Counter as CounterName
+from ledger.tables import ARCHIVE_DIR, CLOSED_MARKER, FINAL_LEDGER_DIR, partition_name
 from pipelines.config import PipelineConfig
-from pipelines.options import BatchOptions, RoyaltyOptions, options_help
+from pipelines.options import BatchOptions, RoyaltyOptions, options_help, refuse_unknown_flags
 from pipelines.transforms.archive_reads import ReadArchiveFiles, archive_files, open_hours, period_hours
 from pipelines.transforms.attribution import AttributeCounts
 from pipelines.transforms.exact_dedup import FirstCopiesInPeriod
 from pipelines.transforms.metrics import counters
 from pipelines.transforms.periods import Period
-from pipelines.transforms.sinks import WriteFinalLedger
+from pipelines.transforms.sinks import WriteFinalLedger, write_empty_final_period
 
 __all__ = [
     "DEFAULT_SHARDS",
@@ -110,6 +111,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if "-h" in argv or "--help" in argv:
         print(options_help("playledger pipeline batch", __doc__.split("\n")[0], RoyaltyOptions, BatchOptions))
         return 0
+    refuse_unknown_flags(argv)
     options = PipelineOptions(argv, save_main_session=False)
     config = options.view_as(RoyaltyOptions).config()
     data_dir: str = options.view_as(RoyaltyOptions).data_dir
@@ -131,7 +133,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         period,
     )
     if not files:
-        LOG.warning("no archive files for %s: nothing to recompute", period.start)
+        # Nothing was archived for it (a mistyped period, or the wrong data directory):
+        # an empty final ledger would claim "recomputed, zero".
+        raise ValueError(
+            f"no archived hour for the period starting {period.start.isoformat()} under "
+            f"{data_dir.rstrip('/')}/{ARCHIVE_DIR}: nothing to recompute"
+        )
     still_open = open_hours(data_dir, period)
     if still_open:
         LOG.warning(
@@ -144,6 +151,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         )
     result = pipeline.run()
     result.wait_until_finish()
+    if not counters(result).get(CounterName.LEDGER_FINAL_ROWS_WRITTEN, 0):
+        # Counted nothing: still a final period, of no rows, so balances shows it as final.
+        write_empty_final_period(f"{data_dir.rstrip('/')}/{FINAL_LEDGER_DIR}", temp, period.start)
     LOG.info("%s", _summary(result, period, f"{data_dir.rstrip('/')}/{FINAL_LEDGER_DIR}"))
     return 0
 

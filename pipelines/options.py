@@ -16,7 +16,7 @@ from pipelines.config import DATAFLOW_DEDUP_SHARDS, PipelineConfig
 from pipelines.direct_runner import DIRECT_RUNNERS
 from schemas.topology import PubSubNames
 
-__all__ = ["BatchOptions", "RoyaltyOptions", "StreamingOptions", "options_help"]
+__all__ = ["BatchOptions", "RoyaltyOptions", "StreamingOptions", "options_help", "refuse_unknown_flags"]
 
 
 def _flag(parser: Any, name: str, **kwargs: Any) -> None:
@@ -115,3 +115,21 @@ def options_help(prog: str, description: str, *classes: type[PipelineOptions]) -
         options_class._add_argparse_args(parser)  # type: ignore[arg-type]  # plain argparse suffices
     parser.add_argument("--runner", help="Beam runner (default: a direct runner named explicitly)")
     return parser.format_help() + "\nOther flags go to Beam (e.g. --project, --region, --temp_location).\n"
+
+
+def refuse_unknown_flags(argv: list[str]) -> None:
+    """``ValueError`` naming every argument no options class knows (Beam only logs them).
+
+    Parsed as ``PipelineOptions.get_all_options`` does: every ``PipelineOptions`` subclass
+    loaded (Beam's own and ours), abbreviations not allowed, so a flag Beam forwards to a
+    runner is accepted and a misspelt one is refused instead of running with defaults.
+    """
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False)
+    classes = {str(cls): cls for cls in PipelineOptions.__subclasses__()}
+    for options_class in classes.values():
+        options_class._add_argparse_args(parser)  # type: ignore[arg-type]  # plain argparse suffices
+    _, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise ValueError(
+            f"unknown argument(s): {' '.join(unknown)} (see --help for the options and their defaults)"
+        )

@@ -42,7 +42,7 @@ from ledger.tables import (
 )
 from pipelines.config import PipelineConfig
 from pipelines.direct_runner import DIRECT_RUNNERS, mend_direct_runner
-from pipelines.options import RoyaltyOptions, StreamingOptions, options_help
+from pipelines.options import RoyaltyOptions, StreamingOptions, options_help, refuse_unknown_flags
 from pipelines.supervisor import SupervisorSettings, supervise
 from pipelines.transforms.attribution import AggregateLedger
 from pipelines.transforms.branches import CountBranches, CountRows, as_is, count_dead_letter
@@ -207,6 +207,7 @@ def run(argv: Sequence[str] | None = None) -> int:
             )
         )
         return 0
+    refuse_unknown_flags(argv)
     options = PipelineOptions(argv, streaming=True, save_main_session=False)
     config = options.view_as(RoyaltyOptions).config()
     streaming = options.view_as(StreamingOptions)

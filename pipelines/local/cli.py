@@ -204,6 +204,10 @@ def _cmd_chaos(args: argparse.Namespace, extra: list[str]) -> int:
 def _cmd_ledger_sql(args: argparse.Namespace, extra: list[str]) -> int:
     from ledger.views import ReadOnlyQueryError, open_ledger, run_sql
 
+    if not Path(args.data_dir).is_dir():
+        # Otherwise every view is empty and the query "succeeds" with 0 rows.
+        LOG.error("no data directory %s: give the --data-dir that `playledger up` wrote", args.data_dir)
+        return 2
     try:
         result = run_sql(open_ledger(args.data_dir), args.sql)
     except ReadOnlyQueryError as error:
@@ -380,8 +384,10 @@ def _parser() -> argparse.ArgumentParser:
         "sql",
         help="run read-only SQL over the views ledger, balances, dead_letters",
     )
-    sql.add_argument("--data-dir", required=True)
-    sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sql.add_argument("--data-dir", required=True, help="the data directory `playledger up` wrote; must exist")
+    sql.add_argument(
+        "--format", choices=("table", "csv", "json"), default="table", help="output format (default: table)"
+    )
     sql.add_argument("sql", help='e.g. "SELECT * FROM balances ORDER BY amount DESC"')
     sql.set_defaults(handler=_cmd_ledger_sql, takes_extra=False)
     from ledger.finance.command import add_arguments as add_close_arguments

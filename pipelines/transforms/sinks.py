@@ -35,6 +35,7 @@ __all__ = [
     "Unwritten",
     "WriteFinalLedger",
     "WritePaneFiles",
+    "write_empty_final_period",
     "write_parquet_atomically",
 ]
 
@@ -233,6 +234,17 @@ class _WritePeriodFn(beam.DoFn):
         )
         self.rows.inc(ordered.num_rows)
         yield path
+
+
+def write_empty_final_period(table_dir: str, temp_dir: str, period_start: dt.datetime) -> str:
+    """A period's final ledger of no rows, replacing any earlier one: "recomputed, zero"."""
+    return write_parquet_atomically(
+        LEDGER_SCHEMA.empty_table(),
+        LEDGER_SCHEMA,
+        f"{table_dir.rstrip('/')}/{partition_name('period', period_start)}",
+        temp_dir,
+        "ledger",
+    )
 
 
 class WriteFinalLedger(beam.PTransform):
