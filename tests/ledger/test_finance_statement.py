@@ -8,12 +8,11 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from offline_browser import offline_page
 from test_finance_close import DAY, MONTH, MONTH_START, final_month, write_revenue
 
 from ledger.finance.close import close_month
 from ledger.finance.statement import build_statement, rights_holders_closed, write_statement
-
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 @pytest.fixture
@@ -49,46 +48,14 @@ def test_an_unknown_rights_holder_is_an_error(closed_twice: Path) -> None:
         build_statement(closed_twice, "2026-10", "RH1")
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
 def test_the_statement_page_renders_offline_with_its_totals(closed_twice: Path, tmp_path: Path) -> None:
-    playwright_api = pytest.importorskip("playwright.sync_api")
     statement = build_statement(closed_twice, MONTH, "RH1")
     _, html_path = write_statement(statement, tmp_path / "out")
-    errors: list[str] = []
-    blocked: list[str] = []
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-background-networking",
-                "--disable-component-update",
-            ],
-        )
-        try:
-            context = browser.new_context()
-
-            def only_local(route: object) -> None:
-                request = route.request  # type: ignore[attr-defined]
-                if request.url.startswith(("file:", "data:")):
-                    route.continue_()  # type: ignore[attr-defined]
-                else:
-                    blocked.append(request.url)
-                    route.abort()  # type: ignore[attr-defined]
-
-            context.route("**/*", only_local)
-            page = context.new_page()
-            page.on(
-                "console", lambda message: errors.append(message.text) if message.type == "error" else None
-            )
-            page.on("pageerror", lambda error: errors.append(str(error)))
-            page.goto(html_path.as_uri())
-            total_text = page.locator("#total").inner_text()
-            bars = page.locator("svg rect").count()
-            visible = page.locator("#total").is_visible()
-        finally:
-            browser.close()
+    with offline_page(html_path) as seen:
+        total_text = seen.page.locator("#total").inner_text()
+        bars = seen.page.locator("svg rect").count()
+        visible = seen.page.locator("#total").is_visible()
+    errors, blocked = seen.errors, seen.blocked
     whole, fraction = divmod(statement.amount_micros, 1_000_000)
     assert f"{whole:,}.{fraction:06d} USD" in total_text
     assert visible and bars == 1
