@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import ClassVar
 
 from ledger.catalog import DEFAULT_CATALOG_DIR
+from schemas.settings import NonNegativeInt, PositiveInt, Settings
 
 __all__ = ["DATAFLOW_DEDUP_SHARDS", "PipelineConfig"]
 
@@ -15,8 +14,7 @@ DATAFLOW_DEDUP_SHARDS = 64
 """De-duplication shards on a runner with many workers, unless ``--dedup-shards`` says otherwise."""
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
+class PipelineConfig(Settings, frozen=True, kw_only=True):
     """Windowing, lateness, de-duplication and royalty settings of a pipeline run.
 
     Late data is gathered into a delta pane every ``late_firing_seconds``; 0 fires a pane
@@ -35,42 +33,18 @@ class PipelineConfig:
     (four shards cost the streaming pipeline about a fifth of its throughput).
     """
 
-    period_seconds: int = 3600
-    early_firing_seconds: int = 5
-    late_firing_seconds: int = 5
-    allowed_lateness_hours: int = 7 * 24
-    dedup_horizon_hours: int = 24
-    dedup_shards: int = 1
-    min_stream_ms: int = 30_000
-    dead_letter_window_seconds: int = 60
-    catalog_dir: Path = field(default=DEFAULT_CATALOG_DIR)
+    setting_kind: ClassVar[str] = "pipeline"
 
-    def __post_init__(self) -> None:
-        for name in (
-            "period_seconds",
-            "early_firing_seconds",
-            "dedup_horizon_hours",
-            "dedup_shards",
-            "dead_letter_window_seconds",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("allowed_lateness_hours", "min_stream_ms", "late_firing_seconds"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    period_seconds: PositiveInt = 3600
+    early_firing_seconds: PositiveInt = 5
+    late_firing_seconds: NonNegativeInt = 5
+    allowed_lateness_hours: NonNegativeInt = 7 * 24
+    dedup_horizon_hours: PositiveInt = 24
+    dedup_shards: PositiveInt = 1
+    min_stream_ms: NonNegativeInt = 30_000
+    dead_letter_window_seconds: PositiveInt = 60
+    catalog_dir: Path = DEFAULT_CATALOG_DIR
+
+    def check(self) -> None:
         if self.early_firing_seconds >= self.period_seconds:
             raise ValueError("early_firing_seconds must be shorter than period_seconds")
-        object.__setattr__(self, "catalog_dir", Path(self.catalog_dir))
-
-    @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> PipelineConfig:
-        """Build from a mapping (parsed flags or a file); an unknown key is an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown pipeline setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        return cls(**dict(values))

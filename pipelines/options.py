@@ -50,7 +50,7 @@ class RoyaltyOptions(PipelineOptions):
         # The direct runner (the default when none is named) runs one key at a time.
         runner = self.view_as(StandardOptions).runner
         return (
-            PipelineConfig.dedup_shards
+            PipelineConfig().dedup_shards
             if runner is None or runner in DIRECT_RUNNERS
             else DATAFLOW_DEDUP_SHARDS
         )

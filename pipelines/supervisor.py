@@ -13,14 +13,15 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
+import msgspec
 from apache_beam.runners.runner import PipelineResult
 
 from ledger.counters import Counter, save_counters
 from pipelines.transforms.metrics import counters
+from schemas.settings import PositiveInt, PositiveNumber, Settings
 
 __all__ = [
     "Heartbeat",
@@ -31,19 +32,16 @@ __all__ = [
 LOG = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class SupervisorSettings:
+class SupervisorSettings(Settings, frozen=True, kw_only=True):
     """How to watch one pipeline run."""
 
-    topic: str
-    heartbeat_seconds: float = 1.0
-    drain_timeout_seconds: float = 120.0
-    early_firing_seconds: int = 5
-    counters_path: Path | None = None
+    setting_kind: ClassVar[str] = "supervisor"
 
-    def __post_init__(self) -> None:
-        if self.heartbeat_seconds < 0 or self.drain_timeout_seconds <= 0 or self.early_firing_seconds <= 0:
-            raise ValueError("heartbeat_seconds must be >= 0; drain and firing periods positive")
+    topic: str
+    heartbeat_seconds: Annotated[float, msgspec.Meta(ge=0, description="must be 0 (off) or more")] = 1.0
+    drain_timeout_seconds: PositiveNumber = 120.0
+    early_firing_seconds: PositiveInt = 5
+    counters_path: Path | None = None
 
 
 def unwritten(totals: dict[str, int]) -> tuple[int, int]:

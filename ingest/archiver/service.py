@@ -28,9 +28,10 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import google.cloud.pubsub_v1 as pubsub_v1
+import msgspec
 from google.api_core import exceptions as gexc
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -39,6 +40,7 @@ from ingest.archiver.messages import HeldMessage, hold_message
 from ledger.counters import save_counters
 from ledger.storage import make_durable_dir, write_parquet_atomically
 from ledger.tables import ARCHIVE_DIR, DEAD_LETTER_SCHEMA, DEAD_LETTERS_DIR, partition_name
+from schemas.settings import PositiveNumber, Settings
 
 __all__ = [
     "COUNTERS_FILE",
@@ -68,8 +70,7 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-@dataclass(frozen=True)
-class ArchiverSettings:
+class ArchiverSettings(Settings, frozen=True, kw_only=True):
     """Where the archive goes, what feeds it, and how often it is flushed and closed.
 
     ``ack_deadline_seconds`` ``None`` takes the subscription's own deadline; held
@@ -77,39 +78,26 @@ class ArchiverSettings:
     not cause a redelivery.
     """
 
-    data_dir: Path
-    subscription: str
-    grace_seconds: int = 600
-    flush_seconds: float = 2.0
-    max_buffered_events: int = 50_000
-    max_messages_per_pull: int = 100
-    pull_timeout_seconds: float = 2.0
-    ack_deadline_seconds: int | None = None
+    setting_kind: ClassVar[str] = "archiver"
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "data_dir", Path(self.data_dir))
-        if not self.subscription.startswith("projects/") or "/subscriptions/" not in self.subscription:
-            raise ValueError(
-                f"subscription must be projects/<project>/subscriptions/<id>, got {self.subscription!r}"
-            )
-        for name in ("grace_seconds", "max_buffered_events", "max_messages_per_pull"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-        if self.grace_seconds < 0:
-            raise ValueError(f"grace_seconds must not be negative, got {self.grace_seconds}")
-        if self.max_buffered_events <= 0:
-            raise ValueError(f"max_buffered_events must be positive, got {self.max_buffered_events}")
-        if not 1 <= self.max_messages_per_pull <= 1000:
-            raise ValueError(
-                f"max_messages_per_pull must be between 1 and 1000, got {self.max_messages_per_pull}"
-            )
-        if not self.flush_seconds > 0 or not self.pull_timeout_seconds > 0:
-            raise ValueError("flush_seconds and pull_timeout_seconds must be positive")
-        if self.ack_deadline_seconds is not None and not 1 <= self.ack_deadline_seconds <= 600:
-            raise ValueError(
-                f"ack_deadline_seconds must be between 1 and 600, got {self.ack_deadline_seconds}"
-            )
+    data_dir: Path
+    subscription: Annotated[
+        str,
+        msgspec.Meta(
+            pattern="^projects/[^/]+/subscriptions/[^/]+$",
+            description="must be projects/<project>/subscriptions/<id>",
+        ),
+    ]
+    grace_seconds: Annotated[int, msgspec.Meta(ge=0, description="must not be negative")] = 600
+    flush_seconds: PositiveNumber = 2.0
+    max_buffered_events: Annotated[int, msgspec.Meta(gt=0, description="must be positive")] = 50_000
+    max_messages_per_pull: Annotated[
+        int, msgspec.Meta(ge=1, le=1000, description="must be between 1 and 1000")
+    ] = 100
+    pull_timeout_seconds: PositiveNumber = 2.0
+    ack_deadline_seconds: (
+        Annotated[int, msgspec.Meta(ge=1, le=600, description="must be between 1 and 600")] | None
+    ) = None
 
 
 @dataclass

@@ -7,14 +7,13 @@ never at the first request.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar
 
 import limits
+import msgspec
 
 from ingest.gateway.keys import (
     API_KEYS_ENV,
@@ -24,11 +23,13 @@ from ingest.gateway.keys import (
     parse_api_keys,
     read_api_keys_file,
 )
+from schemas.settings import Settings
 from schemas.topology import DEFAULT_PROJECT, PubSubNames
 
 __all__ = [
     "API_KEYS_ENV",
     "API_KEYS_FILE_ENV",
+    "DEFAULT_MAX_EVENTS",
     "MIN_API_KEY_CHARS",
     "GatewaySettings",
     "parse_api_keys",
@@ -49,8 +50,13 @@ def parse_rate_limit(text: str) -> list[limits.RateLimitItem]:
     return items
 
 
-@dataclass(frozen=True, kw_only=True)
-class GatewaySettings:
+_Positive = msgspec.Meta(gt=0, description="must be positive")
+
+DEFAULT_MAX_EVENTS = 500
+"""Events one request may carry unless ``max_events`` says otherwise."""
+
+
+class GatewaySettings(Settings, frozen=True, kw_only=True):
     """Everything the gateway needs; raises ``ValueError`` on a setting it cannot run with.
 
     ``api_keys`` are the keys in force at start-up; with ``api_keys_file`` they were read
@@ -64,24 +70,30 @@ class GatewaySettings:
     retry_after_seconds``.
     """
 
-    api_keys: frozenset[str]
+    setting_kind: ClassVar[str] = "gateway"
+
+    api_keys: Annotated[
+        frozenset[str],
+        msgspec.Meta(
+            description="must be a set of keys, not one string (use parse_api_keys)", extra={"secret": True}
+        ),
+    ]
     data_dir: Path
     api_keys_file: Path | None = None
-    keys_poll_seconds: float = 1.0
-    host: str = "127.0.0.1"
-    port: int = 8080
-    names: PubSubNames = field(default_factory=lambda: PubSubNames(project=DEFAULT_PROJECT))
-    max_events: int = 500
-    max_body_bytes: int = 1_048_576
+    keys_poll_seconds: Annotated[
+        float, msgspec.Meta(ge=0, description="must be 0 (reload on SIGHUP only) or more")
+    ] = 1.0
+    host: Annotated[str, msgspec.Meta(min_length=1, description="must not be empty")] = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535, description="must be between 0 and 65535")] = 8080
+    names: PubSubNames = msgspec.field(default_factory=lambda: PubSubNames(project=DEFAULT_PROJECT))
+    max_events: Annotated[int, _Positive] = DEFAULT_MAX_EVENTS
+    max_body_bytes: Annotated[int, _Positive] = 1_048_576
     rate_limit: str = "1000/second"
-    max_in_flight_publishes: int = 100
-    publish_timeout_seconds: float = 10.0
-    retry_after_seconds: int = 5
+    max_in_flight_publishes: Annotated[int, _Positive] = 100
+    publish_timeout_seconds: Annotated[float, _Positive] = 10.0
+    retry_after_seconds: Annotated[int, _Positive] = 5
 
-    def __post_init__(self) -> None:
-        if isinstance(self.api_keys, str):
-            raise ValueError("api_keys must be a set of keys, not one string (use parse_api_keys)")
-        object.__setattr__(self, "api_keys", frozenset(self.api_keys))
+    def check(self) -> None:
         if not self.api_keys and self.api_keys_file is None:
             raise ValueError(
                 f"no API keys: set {API_KEYS_ENV} to a comma-separated list of keys, "
@@ -89,30 +101,8 @@ class GatewaySettings:
             )
         source = API_KEYS_ENV if self.api_keys_file is None else f"the key file {self.api_keys_file}"
         check_api_keys(self.api_keys, source)
-        if not isinstance(self.data_dir, Path):
-            object.__setattr__(self, "data_dir", Path(self.data_dir))
         if self.data_dir.exists() and not self.data_dir.is_dir():
             raise ValueError(f"data_dir {self.data_dir} exists and is not a directory")
-        if self.api_keys_file is not None and not isinstance(self.api_keys_file, Path):
-            object.__setattr__(self, "api_keys_file", Path(self.api_keys_file))
-        if not self.host:
-            raise ValueError("host must not be empty")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be between 0 and 65535, got {self.port}")
-        for name in (
-            "max_events",
-            "max_body_bytes",
-            "max_in_flight_publishes",
-            "publish_timeout_seconds",
-            "retry_after_seconds",
-        ):
-            value = getattr(self, name)
-            if isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
-        if isinstance(self.keys_poll_seconds, bool) or self.keys_poll_seconds < 0:
-            raise ValueError(
-                f"keys_poll_seconds must be 0 (reload on SIGHUP only) or more, got {self.keys_poll_seconds!r}"
-            )
         parse_rate_limit(self.rate_limit)
 
     @property
@@ -129,10 +119,7 @@ class GatewaySettings:
         valid through the variable). ``environ`` defaults to ``os.environ``. An unknown
         override is a ``ValueError``.
         """
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown gateway setting(s): {', '.join(unknown)}")
+        cls.refuse_unknown(overrides)
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {"names": PubSubNames.from_env(env)}
         key_file = env.get(API_KEYS_FILE_ENV, "").strip()

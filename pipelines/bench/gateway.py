@@ -57,8 +57,9 @@ import google.cloud.pubsub_v1 as pubsub_v1
 import orjson
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
-from ingest.gateway.app import EVENTS_PATH, GatewaySettings, read_batch, tune_garbage_collector
+from ingest.gateway.app import EVENTS_PATH, read_batch, tune_garbage_collector
 from ingest.gateway.publisher import EventPublisher
+from ingest.gateway.settings import DEFAULT_MAX_EVENTS
 from ingest.processes import stop_process
 from ingest.pubsub import emulator_from_env_or_started, free_port
 from schemas.codec import encode_batch
@@ -190,7 +191,7 @@ async def _ceiling(
 
         async def one_batch(worker: int, sequence: int) -> tuple[int, bool]:
             body = bodies[sequence % len(bodies)]
-            accepted, rejected = read_batch(body, datetime.now(UTC), GatewaySettings.max_events)
+            accepted, rejected = read_batch(body, datetime.now(UTC), DEFAULT_MAX_EVENTS)
             assert not rejected
             accepted_count, encoded = len(accepted), encode_batch(accepted, uuid.uuid4().hex)
             del accepted  # before the wait for Pub/Sub, as the gateway does
@@ -322,10 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ("connections", "batch_events", "distinct_batches", "rounds"):
         if getattr(args, name) < 1:
             _parser().error(f"--{name.replace('_', '-')} must be at least 1")
-    if args.batch_events > GatewaySettings.max_events:
-        _parser().error(
-            f"--batch-events: the gateway takes at most {GatewaySettings.max_events} events a request"
-        )
+    if args.batch_events > DEFAULT_MAX_EVENTS:
+        _parser().error(f"--batch-events: the gateway takes at most {DEFAULT_MAX_EVENTS} events a request")
     if args.seconds <= 0 or args.warmup_seconds < 0:
         _parser().error("--seconds must be positive and --warmup-seconds not negative")
     bodies = [_body(batch) for batch in _batches(args.distinct_batches, args.batch_events)]

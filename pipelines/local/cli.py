@@ -37,7 +37,10 @@ def _cmd_up(args: argparse.Namespace, extra: list[str]) -> int:
     cdn_port = {} if args.cdn_port is None else {"cdn_port": args.cdn_port}
     stack = LocalStack(
         StackSettings(
-            data_dir=Path(args.data_dir), gateway_port=args.gateway_port, pipeline_args=extra, **cdn_port
+            data_dir=Path(args.data_dir),
+            gateway_port=args.gateway_port,
+            pipeline_args=tuple(extra),
+            **cdn_port,
         )
     )
     stop = threading.Event()

@@ -18,11 +18,10 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Annotated, ClassVar
 
+import msgspec
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from ingest.cdn.settings import DEFAULT_CDN_PORT
@@ -30,6 +29,7 @@ from ingest.gateway.keys import read_api_keys_file
 from ingest.gateway.settings import API_KEYS_ENV, API_KEYS_FILE_ENV, parse_api_keys
 from ingest.processes import stop_process
 from ingest.pubsub import EMULATOR_ENV, Emulator, ensure_topology, free_port
+from schemas.settings import PositiveNumber, Settings
 from schemas.topology import PubSubNames
 
 __all__ = ["LocalStack", "StackError", "StackSettings"]
@@ -41,19 +41,23 @@ class StackError(RuntimeError):
     """A part of the local stack failed to start or died."""
 
 
-@dataclass(frozen=True)
-class StackSettings:
+_Port = msgspec.Meta(ge=0, le=65535, description="must be between 0 and 65535")
+
+
+class StackSettings(Settings, frozen=True, kw_only=True):
     """What ``playledger up`` runs: where, on which port, and the pipeline's flags."""
+
+    setting_kind: ClassVar[str] = "stack"
 
     data_dir: Path
     # 0: a free port, chosen once the emulator listens (so the two cannot collide).
-    gateway_port: int = 8080
-    cdn_port: int = DEFAULT_CDN_PORT
-    pipeline_args: Sequence[str] = ()
+    gateway_port: Annotated[int, _Port] = 8080
+    cdn_port: Annotated[int, _Port] = DEFAULT_CDN_PORT
+    pipeline_args: tuple[str, ...] = ()
     log_dir: Path | None = None  # None: children log to this process's stderr
-    api_keys: frozenset[str] = field(default_factory=frozenset)
-    start_timeout_seconds: float = 60.0
-    stop_timeout_seconds: float = 180.0
+    api_keys: Annotated[frozenset[str], msgspec.Meta(extra={"secret": True})] = frozenset()
+    start_timeout_seconds: PositiveNumber = 60.0
+    stop_timeout_seconds: PositiveNumber = 180.0
 
 
 class LocalStack:
