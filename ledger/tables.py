@@ -7,6 +7,9 @@ The stored record, as every part reads and writes it (this module is its one des
 - ``ledger_final/period=…/ledger.parquet``: a period recomputed from the archive (same schema).
 - ``counters/period=…/``: what each pipeline branch counted per period (``COUNTERS_SCHEMA``).
 - ``dead_letters/minute=…/``: what could not be used, with the reason (``DEAD_LETTER_SCHEMA``).
+- ``counters_final/period=…/counters.parquet`` and ``dead_letters_final/period=…/dead_letters.parquet``:
+  a recompute's counters and dead letters of its period (same schemas), replaced whole with
+  its final ledger.
 - ``archive/hour=<YYYYMMDDTHH0000Z>/``: every event the archiver received, with its
   Pub/Sub envelope (``ARCHIVE_SCHEMA``); ``CLOSED_MARKER`` in an hour's folder says the
   hour is final (see ``runbooks/archive.md``).
@@ -29,6 +32,8 @@ __all__ = [
     "COUNTERS_SCHEMA",
     "DEAD_LETTERS_DIR",
     "DEAD_LETTER_SCHEMA",
+    "FINAL_COUNTERS_DIR",
+    "FINAL_DEAD_LETTERS_DIR",
     "FINAL_LEDGER_DIR",
     "JOURNAL_DIR",
     "LEDGER_DIR",
@@ -43,6 +48,8 @@ LEDGER_DIR = "ledger"
 # The batch recompute's final ledger: one file per period, replaced whole by a recompute.
 FINAL_LEDGER_DIR = "ledger_final"
 DEAD_LETTERS_DIR = "dead_letters"
+FINAL_DEAD_LETTERS_DIR = "dead_letters_final"
+FINAL_COUNTERS_DIR = "counters_final"
 ARCHIVE_DIR = "archive"
 JOURNAL_DIR = "journal"
 VERDICTS_DIR = "verdicts"

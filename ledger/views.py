@@ -18,8 +18,16 @@
   ``events_unique``, ``events_duplicate``, ``events_conflict``, ``events_invalid``,
   ``messages_undecodable``; ``plays_qualified``, ``plays_unmatched``, ``plays_late``,
   ``ledger_rows_written``), delta rows like the ledger: sum them per period to balance
-  ``decoded = unique + duplicate``.
-- ``dead_letters``: what the pipeline could not decode or validate, with the reason.
+  ``decoded = unique + duplicate``. ``source`` says whose: ``PROVISIONAL`` (the
+  streaming pipeline's) or ``FINAL`` (a recompute's, replaced with its final ledger:
+  ``events_decoded`` there is the usable archived rows received in the period,
+  ``events_invalid`` the damaged ones, ``ledger_final_rows_written``). Each source
+  balances on its own: filter or group by it.
+- ``dead_letters``: what could not be decoded, validated or counted, with the reason,
+  and ``source`` as in ``counters``: the streaming pipeline's and the archiver's
+  (``PROVISIONAL``), and a recompute's of its period (``FINAL``: archived rows whose id is
+  no UUID, conflicting copies; the stream records its conflicts too, so a conflict
+  appears once under each).
 - ``receipts``: the gateway's receipt journal, one row per event it answered 200 for
   (``event_id``, ``batch_id``, ``received_at``, ``message_id``), from sealed Parquet hours
   and the hours still open. Reconcile the ledger against it.
@@ -50,6 +58,8 @@ from ledger.tables import (
     COUNTERS_SCHEMA,
     DEAD_LETTER_SCHEMA,
     DEAD_LETTERS_DIR,
+    FINAL_COUNTERS_DIR,
+    FINAL_DEAD_LETTERS_DIR,
     FINAL_LEDGER_DIR,
     LEDGER_DIR,
     LEDGER_SCHEMA,
@@ -76,6 +86,19 @@ def _table_source(
     # A glob that matches nothing is an error in DuckDB: an empty table of the same shape instead.
     connection.register(empty_name, schema.empty_table())
     return empty_name, []
+
+
+def _sourced(
+    connection: duckdb.DuckDBPyConnection, data: Path, table: str, final_table: str, schema: pa.Schema
+) -> tuple[str, list[str]]:
+    """A streaming table and its recompute counterpart as one, with a ``source`` column; and the files."""
+    streamed, streamed_files = _table_source(connection, data / table, f"_{table}_empty", schema)
+    final, final_files = _table_source(connection, data / final_table, f"_{final_table}_empty", schema)
+    return (
+        f"SELECT *, 'PROVISIONAL' AS source FROM {streamed} "
+        f"UNION ALL BY NAME SELECT *, 'FINAL' AS source FROM {final}",
+        streamed_files + final_files,
+    )
 
 
 def _sql_list(paths: Sequence[Path]) -> str:
@@ -125,8 +148,8 @@ def open_ledger(data_dir: Path | str) -> duckdb.DuckDBPyConnection:
     data = Path(data_dir).resolve()
     connection = duckdb.connect(":memory:")
     ledger_source, ledger_files = _table_source(connection, data / LEDGER_DIR, "_ledger_empty", LEDGER_SCHEMA)
-    dead_source, dead_files = _table_source(
-        connection, data / DEAD_LETTERS_DIR, "_dead_letters_empty", DEAD_LETTER_SCHEMA
+    dead_source, dead_files = _sourced(
+        connection, data, DEAD_LETTERS_DIR, FINAL_DEAD_LETTERS_DIR, DEAD_LETTER_SCHEMA
     )
     final_source, final_files = _table_source(
         connection, data / FINAL_LEDGER_DIR, "_ledger_final_empty", LEDGER_SCHEMA
@@ -186,7 +209,7 @@ def open_ledger(data_dir: Path | str) -> duckdb.DuckDBPyConnection:
         GROUP BY period_start, track_id, source
         """
     )
-    connection.execute(f"CREATE VIEW dead_letters AS SELECT * FROM {dead_source}")
+    connection.execute(f"CREATE VIEW dead_letters AS {dead_source}")
     receipts_source, receipt_files = _receipts_source(connection, data)
     connection.execute(f"CREATE VIEW receipts AS {receipts_source}")
     archive_source, archive_files = _table_source(
@@ -194,10 +217,10 @@ def open_ledger(data_dir: Path | str) -> duckdb.DuckDBPyConnection:
     )
     connection.execute(f"CREATE VIEW archive AS SELECT * FROM {archive_source}")
     # Only the files the views were made of may be opened, and no new path can be written.
-    counters_source, counter_files = _table_source(
-        connection, data / COUNTERS_DIR, "_counters_empty", COUNTERS_SCHEMA
+    counters_source, counter_files = _sourced(
+        connection, data, COUNTERS_DIR, FINAL_COUNTERS_DIR, COUNTERS_SCHEMA
     )
-    connection.execute(f"CREATE VIEW counters AS SELECT * FROM {counters_source}")
+    connection.execute(f"CREATE VIEW counters AS {counters_source}")
     readable = ledger_files + final_files + dead_files + receipt_files + archive_files + counter_files
     readable += register_finance_views(connection, data)
     connection.execute("SET allowed_paths = ?", [readable])

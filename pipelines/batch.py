@@ -23,6 +23,13 @@ ledger is written to ``<data-dir>/ledger_final/period=<start>/ledger.parquet``,
 replacing an earlier recompute of the same period whole. The streaming ledger stays the
 provisional one.
 
+Beside it, as the streaming pipeline keeps them and replaced whole the same way: the
+period's dead letters (``dead_letters_final/``: archived rows whose id is no UUID,
+conflicting copies) and its branch counters (``counters_final/``: ``events_decoded =
+events_unique + events_duplicate``, ``events_invalid``, ``events_conflict``, rows
+written), counted by the same ``CountBranches`` transform. A damaged row is a dead
+letter with its reason; it never fails the period.
+
 Locally, on Beam's FnApiRunner::
 
     playledger pipeline batch --data-dir data --period 2026-11-28T07:00:00Z --period-seconds 3600
@@ -39,28 +46,50 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult
+from apache_beam.transforms.window import TimestampedValue
 
 from ledger.catalog import Catalog
 from ledger.counters import Counter as CounterName
-from ledger.tables import ARCHIVE_DIR, CLOSED_MARKER, FINAL_LEDGER_DIR, partition_name
+from ledger.tables import (
+    ARCHIVE_DIR,
+    CLOSED_MARKER,
+    COUNTERS_SCHEMA,
+    DEAD_LETTER_SCHEMA,
+    FINAL_COUNTERS_DIR,
+    FINAL_DEAD_LETTERS_DIR,
+    FINAL_LEDGER_DIR,
+    partition_name,
+)
 from pipelines.config import PipelineConfig
 from pipelines.options import BatchOptions, RoyaltyOptions, options_help, refuse_unknown_flags
 from pipelines.transforms.archive_reads import ReadArchiveFiles, archive_files, open_hours, period_hours
 from pipelines.transforms.attribution import AttributeCounts
-from pipelines.transforms.exact_dedup import FirstCopiesInPeriod
+from pipelines.transforms.branches import CountBranches, CountRows, as_is, count_dead_letter
+from pipelines.transforms.exact_dedup import FirstCopiesInPeriod, FirstCopiesOutput
 from pipelines.transforms.metrics import counters
 from pipelines.transforms.periods import Period
-from pipelines.transforms.sinks import WriteFinalLedger, write_empty_final_period
+from pipelines.transforms.sinks import (
+    Unwritten,
+    WriteFinalLedger,
+    WritePeriodRows,
+    write_empty_final_period,
+    write_empty_period,
+)
 
 __all__ = [
     "DEFAULT_SHARDS",
+    "FinalSinks",
+    "RecomputeOutputs",
     "batch_shards",
     "build",
+    "final_sinks",
     "run",
 ]
 
@@ -80,29 +109,118 @@ def batch_shards(config: PipelineConfig) -> int:
     return max(DEFAULT_SHARDS, config.dedup_shards)
 
 
+@dataclass(frozen=True)
+class FinalSinks:
+    """Where a recompute's tables go: every output has a sink, or the build fails (as ``streaming.Sinks``)."""
+
+    ledger: beam.PTransform
+    dead_letters: beam.PTransform
+    counters: beam.PTransform
+
+    def __post_init__(self) -> None:
+        missing = [name for name in ("ledger", "dead_letters", "counters") if getattr(self, name) is None]
+        if missing:
+            raise ValueError(
+                f"no sink for {', '.join(missing)}: every output must be written "
+                "(Unwritten() leaves one to the caller, e.g. a test that asserts on it)"
+            )
+
+    @classmethod
+    def unwritten(cls) -> FinalSinks:
+        """Every table left in the pipeline for the caller to assert on (tests)."""
+        return cls(ledger=Unwritten(), dead_letters=Unwritten(), counters=Unwritten())
+
+
+def final_sinks(data_dir: str, period: Period) -> FinalSinks:
+    """The period's final ledger, dead letters and counters as Parquet under ``data_dir``.
+
+    Each is one file per period, replaced whole by a recompute of the period.
+    """
+    base = data_dir.rstrip("/")
+    return FinalSinks(
+        ledger=WriteFinalLedger(f"{base}/{FINAL_LEDGER_DIR}", f"{base}/.tmp/{FINAL_LEDGER_DIR}"),
+        dead_letters=WritePeriodRows(
+            f"{base}/{FINAL_DEAD_LETTERS_DIR}",
+            f"{base}/.tmp/{FINAL_DEAD_LETTERS_DIR}",
+            period.start,
+            DEAD_LETTER_SCHEMA,
+            "dead_letters",
+            CounterName.DEAD_LETTERS_ROWS_WRITTEN,
+        ),
+        counters=WritePeriodRows(
+            f"{base}/{FINAL_COUNTERS_DIR}",
+            f"{base}/.tmp/{FINAL_COUNTERS_DIR}",
+            period.start,
+            COUNTERS_SCHEMA,
+            "counters",
+            CounterName.COUNTERS_ROWS_WRITTEN,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class RecomputeOutputs:
+    """The named outputs of ``build``, for tests to assert on."""
+
+    ledger_rows: beam.PCollection  # Arrow tables of final ledger rows (LEDGER_SCHEMA)
+    dead_letters: beam.PCollection  # dead-letter rows (DEAD_LETTER_SCHEMA)
+    counters: beam.PCollection  # counter rows (COUNTERS_SCHEMA), one pane for the period
+
+
+class _AtFn(beam.DoFn):
+    """Every element stamped with one time: a recompute's outputs all count in its period."""
+
+    def __init__(self, at: dt.datetime) -> None:
+        self.at = at.timestamp()
+
+    def process(self, element: Any) -> Iterator[TimestampedValue]:
+        yield TimestampedValue(element, self.at)
+
+
 def build(
     p: beam.Pipeline,
     source: beam.PTransform,
-    sink: beam.PTransform,
+    sinks: FinalSinks,
     config: PipelineConfig,
     period: Period,
-) -> beam.PCollection:
+) -> RecomputeOutputs:
     """Wire the batch recompute onto ``p``: ``source`` gives the archive's ``ArchiveReads``, Arrow tables.
 
-    ``sink`` writes the final ledger rows (``WriteFinalLedger``; ``Unwritten()`` leaves
-    them to a caller that asserts on them): a build without one fails.
+    ``sinks`` write the final ledger, the period's dead letters and its counters
+    (``final_sinks``; ``FinalSinks.unwritten()`` leaves them to a caller that asserts on
+    them): a build without one fails.
     """
-    if sink is None:
-        raise ValueError("no sink for the final ledger (Unwritten() leaves the rows to the caller)")
+    if not isinstance(sinks, FinalSinks):
+        raise ValueError("sinks must be FinalSinks (FinalSinks.unwritten() leaves the rows to the caller)")
     catalog = Catalog.load(config.catalog_dir)
     archive = p | "ReadArchive" >> source
-    counts = archive | "FirstCopiesInPeriod" >> FirstCopiesInPeriod(
+    first_copies = archive | "FirstCopiesInPeriod" >> FirstCopiesInPeriod(
         period, config.min_stream_ms, shards=batch_shards(config)
     )
     catalog_view = beam.pvalue.AsSingleton(p | "LoadCatalog" >> beam.Create([catalog]))
-    ledger_rows = counts | "AttributeCounts" >> AttributeCounts(catalog_view, (period.start, period.end))
-    _ = ledger_rows | "WriteFinalLedger" >> sink
-    return ledger_rows
+    ledger_rows = first_copies[FirstCopiesOutput.COUNTS] | "AttributeCounts" >> AttributeCounts(
+        catalog_view, (period.start, period.end)
+    )
+    dead_letters = first_copies[FirstCopiesOutput.DEAD_LETTERS]
+    branches = {
+        "counted": first_copies[FirstCopiesOutput.COUNTED],
+        "dead_letters": dead_letters,
+        "written": ledger_rows,
+    }
+    counter_rows = {
+        name: pcoll | f"InPeriod{name}" >> beam.ParDo(_AtFn(period.start)) for name, pcoll in branches.items()
+    } | "CountBranches" >> CountBranches.of_batch(
+        {
+            "counted": as_is,
+            "dead_letters": count_dead_letter,
+            "written": CountRows(CounterName.LEDGER_FINAL_ROWS_WRITTEN),
+        },
+        config.period_seconds,
+    )
+    _ = ledger_rows | "WriteFinalLedger" >> sinks.ledger
+    _ = dead_letters | "WriteDeadLetters" >> sinks.dead_letters
+    _ = counter_rows | "WriteCounters" >> sinks.counters
+    return RecomputeOutputs(ledger_rows, dead_letters, counter_rows)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -123,12 +241,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         options.view_as(StandardOptions).runner = "FnApiRunner"
     files = archive_files(data_dir, period, dt.timedelta(hours=config.dedup_horizon_hours))
     LOG.info("recomputing %s … %s from %d archive files", period.start, period.end, len(files))
-    temp = f"{data_dir.rstrip('/')}/.tmp/{FINAL_LEDGER_DIR}"
+    base = data_dir.rstrip("/")
     pipeline = beam.Pipeline(options=options)
     build(
         pipeline,
         ReadArchiveFiles(files, received_before=period.end),
-        WriteFinalLedger(f"{data_dir.rstrip('/')}/{FINAL_LEDGER_DIR}", temp),
+        final_sinks(data_dir, period),
         config,
         period,
     )
@@ -151,10 +269,27 @@ def run(argv: Sequence[str] | None = None) -> int:
         )
     result = pipeline.run()
     result.wait_until_finish()
-    if not counters(result).get(CounterName.LEDGER_FINAL_ROWS_WRITTEN, 0):
+    written = counters(result)
+    if not written.get(CounterName.LEDGER_FINAL_ROWS_WRITTEN, 0):
         # Counted nothing: still a final period, of no rows, so balances shows it as final.
-        write_empty_final_period(f"{data_dir.rstrip('/')}/{FINAL_LEDGER_DIR}", temp, period.start)
-    LOG.info("%s", _summary(result, period, f"{data_dir.rstrip('/')}/{FINAL_LEDGER_DIR}"))
+        write_empty_final_period(
+            f"{base}/{FINAL_LEDGER_DIR}", f"{base}/.tmp/{FINAL_LEDGER_DIR}", period.start
+        )
+    for table, schema, stem, counter in (
+        (FINAL_DEAD_LETTERS_DIR, DEAD_LETTER_SCHEMA, "dead_letters", CounterName.DEAD_LETTERS_ROWS_WRITTEN),
+        (FINAL_COUNTERS_DIR, COUNTERS_SCHEMA, "counters", CounterName.COUNTERS_ROWS_WRITTEN),
+    ):
+        if not written.get(counter, 0):
+            # None this time: an earlier recompute's rows must not stand for this one's.
+            write_empty_period(f"{base}/{table}", f"{base}/.tmp/{table}", period.start, schema, stem)
+    partition = partition_name("period", period.start)
+    LOG.info(
+        "dead letters %d in %s; counters in %s",
+        written.get(CounterName.DEAD_LETTERS_ROWS_WRITTEN, 0),
+        f"{base}/{FINAL_DEAD_LETTERS_DIR}/{partition}",
+        f"{base}/{FINAL_COUNTERS_DIR}/{partition}",
+    )
+    LOG.info("%s", _summary(result, period, f"{base}/{FINAL_LEDGER_DIR}"))
     return 0
 
 

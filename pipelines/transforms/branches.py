@@ -9,6 +9,7 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+from apache_beam.transforms.window import FixedWindows
 from apache_beam.utils.timestamp import Duration
 
 from ledger.counters import Counter
@@ -70,6 +71,8 @@ class CountBranches(beam.PTransform):
         early_firing_seconds: int,
         allowed_lateness_hours: int,
         late_firing_seconds: int | None = None,
+        *,
+        one_pane: bool = False,
     ) -> None:
         super().__init__()
         if not branches:
@@ -81,13 +84,22 @@ class CountBranches(beam.PTransform):
             Duration(seconds=allowed_lateness_hours * 3600),
             late_firing_seconds,
         )
+        self.one_pane = one_pane
+
+    @classmethod
+    def of_batch(cls, branches: dict[str, Any], period_seconds: int) -> CountBranches:
+        """Branches of a bounded run, all counted in one pane per period (the batch recompute's)."""
+        return cls(branches, period_seconds, 1, 0, one_pane=True)
 
     def expand(self, pcolls: dict[str, beam.PCollection]) -> beam.PCollection:
         # Each branch is windowed by period before they are flattened: the branches come
         # windowed differently (the ledger's panes, or the global window), and Flatten
         # wants its inputs windowed alike. An element's period is its timestamp's either way.
         # One WindowInto for all: Beam's triggers compare equal only to themselves.
-        by_period = append_window(*self.window)
+        by_period = (
+            # Bounded input: the watermark jumps to the end, one on-time pane per period.
+            beam.WindowInto(FixedWindows(self.window[0])) if self.one_pane else append_window(*self.window)
+        )
         named = [
             pcoll
             | f"Name{name}" >> beam.ParDo(_NamedCountsFn(self.branches[name]))

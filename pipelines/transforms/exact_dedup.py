@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from typing import Any
@@ -13,6 +14,7 @@ import pyarrow.compute as pc
 from apache_beam import pvalue
 
 from ledger.counters import Counter
+from ledger.dead_letters import DeadLetterStage, dead_letter, event_json
 from pipelines.transforms.archive_reads import ARCHIVE_COLUMNS, ArchiveReads
 from pipelines.transforms.counting import SumCountTables, count_play_table, play_counts_of
 from pipelines.transforms.metrics import beam_counter
@@ -29,6 +31,7 @@ __all__ = [
     "DEFAULT_CANDIDATE_BITS",
     "DEFAULT_SHARDS",
     "FirstCopiesInPeriod",
+    "FirstCopiesOutput",
 ]
 
 
@@ -51,11 +54,37 @@ DEFAULT_CANDIDATE_BITS = 27
 """The repeated-id bitmap has 2**27 bits (16 MiB): 500,000 repeated ids mark 0.4 % of the others."""
 
 
+class FirstCopiesOutput(StrEnum):
+    """The outputs of ``FirstCopiesInPeriod``, as a dict of PCollections."""
+
+    COUNTS = "counts"
+    """One ``PlayCounts``: plays and streams per (track, territory, product) of the first copies."""
+    DEAD_LETTERS = "dead_letters"
+    """Dead-letter rows (``DEAD_LETTER_SCHEMA``) of the period: archived rows whose id is no
+    canonical UUID (stage ``validate``), and conflicting later copies (stage ``dedup``), as
+    the streaming pipeline records them."""
+    COUNTED = "counted"
+    """``(counter, count)`` pairs of the period: ``events_decoded`` (usable rows received
+    in it), ``events_unique`` and ``events_duplicate``, so ``decoded = unique + duplicate``."""
+
+
 class _SplitOutput(StrEnum):
-    """Branches of ``_SplitCandidatesFn``."""
+    """Branches of ``_SplitCandidatesFn`` and ``_CountFirstCopiesFn``."""
 
     COUNTS = "counts"
     CANDIDATES = "candidates"
+    DEAD_LETTERS = "dead_letters"
+    COUNTED = "counted"
+
+
+_NOT_A_UUID = "event_id: must be a canonical UUID (8-4-4-4-12 hex digits)"
+_CONFLICT = "conflicting duplicate: same event_id as an earlier copy, different content"
+
+
+def _canonical(event_ids: pa.ChunkedArray) -> pa.ChunkedArray | None:
+    """Which ids are canonical UUIDs, or ``None`` when all are (the usual case, one regex pass)."""
+    canonical = pc.match_substring_regex(event_ids, CANONICAL_UUID_REGEX).fill_null(False)
+    return None if pc.all(canonical).as_py() is not False else canonical
 
 
 def _one_chunk(column: pa.ChunkedArray) -> pa.Array:
@@ -136,11 +165,11 @@ class _ShardIdHashesFn(beam.DoFn):
         self.shards = shards
 
     def process(self, table: pa.Table) -> Iterator[tuple[int, bytes]]:
-        # Every id is checked here, in the pass that reads them all, so a damaged archive
-        # fails the same way whichever ids the bitmap later makes candidates.
-        canonical = pc.match_substring_regex(table["event_id"], CANONICAL_UUID_REGEX)
-        if table.num_rows and not pc.all(canonical.fill_null(False)).as_py():
-            raise ValueError("event ids must be canonical UUIDs")
+        # An id that is no canonical UUID is left out of both reads alike (the rows' read
+        # dead-letters it), so it can neither count nor make a counted row a later copy.
+        canonical = _canonical(table["event_id"]) if table.num_rows else None
+        if canonical is not None:
+            table = table.filter(canonical)
         hashes = _id_hashes(table["event_id"])
         order, runs = shard_runs(_shard_of(hashes, self.shards), self.shards)
         ordered = hashes[order]
@@ -193,8 +222,9 @@ class _SplitCandidatesFn(beam.DoFn):
     A row whose id hash has no bit in the bitmap is the only copy of its event in all
     that was read: counted here if received in the period. Every other row (all copies of
     repeated ids, and the few whose bit another id set) goes to ``CANDIDATES`` as
-    ``(shard, Arrow IPC bytes)``, keyed by its 16 UUID bytes (``ValueError`` if its id is
-    no canonical UUID: the archive holds validated events only, so that means damage).
+    ``(shard, Arrow IPC bytes)``, keyed by its 16 UUID bytes. A row whose id is no
+    canonical UUID (the archive holds validated events only, so that means damage) is a
+    dead letter if it was received in the period, and is read no further.
     """
 
     def __init__(self, period: Period, min_stream_ms: int, shards: int, candidate_bits: int) -> None:
@@ -205,15 +235,27 @@ class _SplitCandidatesFn(beam.DoFn):
         self.read = beam_counter(Counter.ARCHIVED_ROWS_READ)
         self.unique = beam_counter(Counter.EVENTS_UNIQUE)
         self.shuffled = beam_counter(Counter.ARCHIVED_ROWS_SHUFFLED)
+        self.invalid = beam_counter(Counter.EVENTS_INVALID)
 
     def process(self, table: pa.Table, bitmap: bytes) -> Iterator[Any]:
         self.read.inc(table.num_rows)
         if table.num_rows == 0:
             return
+        canonical = _canonical(table["event_id"])
+        if canonical is not None:
+            yield from self._dead_letters(table.filter(pc.invert(canonical)))
+            table = table.filter(canonical)
         hashes = _id_hashes(table["event_id"])
         candidate = _marked(hashes, bitmap, self.candidate_bits)
-        counted = ~candidate & in_period(table["received_at"], self.period)
-        self.unique.inc(int(np.count_nonzero(counted)))
+        received_in_period = in_period(table["received_at"], self.period)
+        counted = ~candidate & received_in_period
+        unique = int(np.count_nonzero(counted))
+        self.unique.inc(unique)
+        yield pvalue.TaggedOutput(
+            _SplitOutput.COUNTED.value,
+            (str(Counter.EVENTS_DECODED), int(np.count_nonzero(received_in_period))),
+        )
+        yield pvalue.TaggedOutput(_SplitOutput.COUNTED.value, (str(Counter.EVENTS_UNIQUE), unique))
         yield count_play_table(table, self.min_stream_ms, counted)
         positions = np.flatnonzero(candidate)
         self.shuffled.inc(len(positions))
@@ -232,6 +274,21 @@ class _SplitCandidatesFn(beam.DoFn):
                 _SplitOutput.CANDIDATES.value, (number, _TABLES.encode(rows.slice(start, stop - start)))
             )
 
+    def _dead_letters(self, malformed: pa.Table) -> Iterator[pvalue.TaggedOutput]:
+        """Rows whose id is no canonical UUID → dead letters, those received in the period."""
+        self.invalid.inc(int(np.count_nonzero(in_period(malformed["received_at"], self.period))))
+        for row in malformed.filter(pa.array(in_period(malformed["received_at"], self.period))).to_pylist():
+            yield pvalue.TaggedOutput(
+                _SplitOutput.DEAD_LETTERS.value,
+                dead_letter(
+                    DeadLetterStage.VALIDATE,
+                    f"{_NOT_A_UUID}, got {row['event_id']!r}",
+                    event_json(row),
+                    {"message_id": row["message_id"]},
+                    row["event_id"],
+                ),
+            )
+
 
 class _CountFirstCopiesFn(beam.DoFn):
     """One shard's candidate rows → plays and streams per group of the first copies received in the period."""
@@ -243,23 +300,29 @@ class _CountFirstCopiesFn(beam.DoFn):
         self.duplicates = beam_counter(Counter.EVENTS_DUPLICATE)
         self.conflicts = beam_counter(Counter.EVENTS_CONFLICT)
 
-    def process(self, shard_payloads: tuple[int, Iterable[bytes]]) -> Iterator[pa.Table]:
+    def process(self, shard_payloads: tuple[int, Iterable[bytes]]) -> Iterator[Any]:
         _, payloads = shard_payloads
         rows = _from_ipc(payloads)
         if rows.num_rows == 0:
             return
-        counted = self._first_copies(rows) & in_period(rows["received_at"], self.period)
-        self.unique.inc(int(np.count_nonzero(counted)))
+        first, later = self._first_copies(rows)
+        counted = first & in_period(rows["received_at"], self.period)
+        unique = int(np.count_nonzero(counted))
+        self.unique.inc(unique)
+        yield pvalue.TaggedOutput(_SplitOutput.COUNTED.value, (str(Counter.EVENTS_UNIQUE), unique))
+        yield from later
         yield count_play_table(rows, self.min_stream_ms, counted)
 
-    def _first_copies(self, rows: pa.Table) -> np.ndarray:
-        """Whether each row is the first received copy of its event id (ties broken by message id)."""
+    def _first_copies(self, rows: pa.Table) -> tuple[np.ndarray, list[Any]]:
+        """Whether each row is the first received copy of its event id (ties broken by message id),
+        and what the later copies received in the period add: their count, and a dead letter each
+        for those that conflict."""
         # Keys as small integers by hashing: most ids have one copy and need no sort at all.
         id_numbers = pc.dictionary_encode(rows[_KEY_COLUMN].combine_chunks()).indices.to_numpy()
         first = np.bincount(id_numbers)[id_numbers] == 1
         repeated = np.flatnonzero(~first)
         if len(repeated) == 0:
-            return first
+            return first, []
         ids = id_numbers[repeated]
         copies = rows.take(repeated)
         order = pc.sort_indices(
@@ -273,10 +336,9 @@ class _CountFirstCopiesFn(beam.DoFn):
         head[0] = True
         np.not_equal(ids[1:], ids[:-1], out=head[1:])
         first[repeated[order[head]]] = True
-        self._count_later_copies(copies, head)
-        return first
+        return first, self._later_copies(copies, head)
 
-    def _count_later_copies(self, copies: pa.Table, head: np.ndarray) -> None:
+    def _later_copies(self, copies: pa.Table, head: np.ndarray) -> list[Any]:
         """Copies sorted by id, first copy first → the period's duplicates, and conflicts among them.
 
         A later copy counts in the period it was received in, as the streaming counters
@@ -291,13 +353,36 @@ class _CountFirstCopiesFn(beam.DoFn):
         for column in _CONTENT_COLUMNS:
             same = pc.and_(same, pc.equal(later_copies[column], their_heads[column]))
         later_in_period = in_period(later_copies["received_at"], self.period)
-        self.duplicates.inc(int(np.count_nonzero(later_in_period)))
+        duplicates = int(np.count_nonzero(later_in_period))
+        self.duplicates.inc(duplicates)
+        outputs: list[Any] = [
+            pvalue.TaggedOutput(_SplitOutput.COUNTED.value, (str(Counter.EVENTS_DUPLICATE), duplicates))
+        ]
         differs = ~same.fill_null(False).to_numpy(zero_copy_only=False)
-        self.conflicts.inc(int(np.count_nonzero(later_in_period & differs)))
+        conflicting = later_in_period & differs
+        self.conflicts.inc(int(np.count_nonzero(conflicting)))
+        if conflicting.any():
+            for row in later_copies.filter(pa.array(conflicting)).to_pylist():
+                # Counted once (the first copy), and the disagreement kept for a human.
+                event_id = str(uuid.UUID(bytes=row.pop(_KEY_COLUMN)))
+                outputs.append(
+                    pvalue.TaggedOutput(
+                        _SplitOutput.DEAD_LETTERS.value,
+                        dead_letter(
+                            DeadLetterStage.DEDUP,
+                            _CONFLICT,
+                            event_json({"event_id": event_id, **row}),
+                            {"message_id": row["message_id"]},
+                            event_id,
+                        ),
+                    )
+                )
+        return outputs
 
 
 class FirstCopiesInPeriod(beam.PTransform):
-    """The archive's two reads (``ArchiveReads``) → plays counted per group, each event id once, exactly.
+    """The archive's two reads (``ArchiveReads``) → plays counted per group, each event id once, exactly;
+    and the period's dead letters and branch counts (a dict keyed by ``FirstCopiesOutput``).
 
     The first received copy of an ``event_id`` counts (ids that differ only in letter
     case are one event; ties broken by message id), and only if it was received in
@@ -308,9 +393,9 @@ class FirstCopiesInPeriod(beam.PTransform):
     counts are summed into one ``PlayCounts``: ``(plays, streams)`` per (track_id,
     territory, product).
 
-    Ids must be canonical UUIDs, as the archiver validated them: any other id fails the
-    recompute (``ValueError``), found when the ids are first read, whether or not it has
-    a copy.
+    Ids must be canonical UUIDs, as the archiver validated them: a row with any other id
+    is left out of both reads, and is a dead letter (stage ``validate``) of the period it
+    was received in; the rest of the period is counted as if it were not there.
     """
 
     def __init__(
@@ -332,7 +417,7 @@ class FirstCopiesInPeriod(beam.PTransform):
         self.shards = shards
         self.candidate_bits = candidate_bits
 
-    def expand(self, archive: dict[str, beam.PCollection]) -> beam.PCollection:
+    def expand(self, archive: dict[str, beam.PCollection]) -> dict[str, beam.PCollection]:
         repeated_ids = (
             archive[ArchiveReads.EVENT_IDS]
             | "ShardIdHashes" >> beam.ParDo(_ShardIdHashesFn(self.shards))
@@ -343,16 +428,31 @@ class FirstCopiesInPeriod(beam.PTransform):
         split = archive[ArchiveReads.ROWS] | "SplitCandidates" >> beam.ParDo(
             _SplitCandidatesFn(self.period, self.min_stream_ms, self.shards, self.candidate_bits),
             pvalue.AsSingleton(repeated_ids),
-        ).with_outputs(_SplitOutput.CANDIDATES.value, main=_SplitOutput.COUNTS.value)
-        candidate_counts = (
+        ).with_outputs(
+            _SplitOutput.CANDIDATES.value,
+            _SplitOutput.DEAD_LETTERS.value,
+            _SplitOutput.COUNTED.value,
+            main=_SplitOutput.COUNTS.value,
+        )
+        first_copies = (
             split[_SplitOutput.CANDIDATES.value]
             | "GatherShard" >> beam.GroupByKey()
             | "CountFirstCopies"
-            >> beam.ParDo(_CountFirstCopiesFn(self.period, self.min_stream_ms)).with_output_types(pa.Table)
+            >> beam.ParDo(_CountFirstCopiesFn(self.period, self.min_stream_ms)).with_outputs(
+                _SplitOutput.DEAD_LETTERS.value, _SplitOutput.COUNTED.value, main=_SplitOutput.COUNTS.value
+            )
         )
-        return (
-            (split[_SplitOutput.COUNTS.value], candidate_counts)
+        counts = (
+            (split[_SplitOutput.COUNTS.value], first_copies[_SplitOutput.COUNTS.value])
             | "AllCounts" >> beam.Flatten()
             | "SumCounts" >> beam.CombineGlobally(SumCountTables()).without_defaults()
             | "AsPlayCounts" >> beam.Map(play_counts_of)
         )
+        both = (split, first_copies)
+        return {
+            FirstCopiesOutput.COUNTS: counts,
+            FirstCopiesOutput.DEAD_LETTERS: [part[_SplitOutput.DEAD_LETTERS.value] for part in both]
+            | "AllDeadLetters" >> beam.Flatten(),
+            FirstCopiesOutput.COUNTED: [part[_SplitOutput.COUNTED.value] for part in both]
+            | "AllCounted" >> beam.Flatten(),
+        }

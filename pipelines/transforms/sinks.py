@@ -35,7 +35,9 @@ __all__ = [
     "Unwritten",
     "WriteFinalLedger",
     "WritePaneFiles",
+    "WritePeriodRows",
     "write_empty_final_period",
+    "write_empty_period",
     "write_parquet_atomically",
 ]
 
@@ -236,15 +238,83 @@ class _WritePeriodFn(beam.DoFn):
         yield path
 
 
-def write_empty_final_period(table_dir: str, temp_dir: str, period_start: dt.datetime) -> str:
-    """A period's final ledger of no rows, replacing any earlier one: "recomputed, zero"."""
+def write_empty_period(
+    table_dir: str, temp_dir: str, period_start: dt.datetime, schema: pa.Schema, file_stem: str
+) -> str:
+    """A period's file of no rows, replacing any earlier one: "recomputed, nothing"."""
     return write_parquet_atomically(
-        LEDGER_SCHEMA.empty_table(),
-        LEDGER_SCHEMA,
+        schema.empty_table(),
+        schema,
         f"{table_dir.rstrip('/')}/{partition_name('period', period_start)}",
         temp_dir,
-        "ledger",
+        file_stem,
     )
+
+
+def write_empty_final_period(table_dir: str, temp_dir: str, period_start: dt.datetime) -> str:
+    """A period's final ledger of no rows, replacing any earlier one: "recomputed, zero"."""
+    return write_empty_period(table_dir, temp_dir, period_start, LEDGER_SCHEMA, "ledger")
+
+
+class _WritePeriodRowsFn(beam.DoFn):
+    def __init__(
+        self, final_dir: str, temp_dir: str, schema: pa.Schema, file_stem: str, rows_counter: Counter
+    ) -> None:
+        self.final_dir = final_dir
+        self.temp_dir = temp_dir
+        self.schema = schema
+        self.file_stem = file_stem
+        self.rows = beam_counter(rows_counter)
+
+    def process(self, keyed_rows: tuple[str, Iterable[dict[str, Any]]]) -> Iterator[str]:
+        rows = sorted(keyed_rows[1], key=_row_order)
+        path = write_parquet_atomically(rows, self.schema, self.final_dir, self.temp_dir, self.file_stem)
+        self.rows.inc(len(rows))
+        yield path
+
+
+def _row_order(row: dict[str, Any]) -> tuple[str, ...]:
+    # A stable order, so a recompute of unchanged input writes the same rows in the same order.
+    return tuple(str(row.get(name)) for name in ("counter", "stage", "event_id", "reason"))
+
+
+class WritePeriodRows(beam.PTransform):
+    """One period's rows (dicts of ``schema``) → ``<table_dir>/period=<start>/<file_stem>.parquet``.
+
+    For the tables a recompute writes beside its final ledger (its dead letters and
+    counters): the file is replaced whole by a recompute of the period, never appended to. A run that writes
+    no rows writes no file; its caller writes an empty one (``write_empty_period``) so an
+    earlier recompute's rows do not stand.
+    """
+
+    def __init__(
+        self,
+        table_dir: str,
+        temp_dir: str,
+        period_start: dt.datetime,
+        schema: pa.Schema,
+        file_stem: str,
+        rows_counter: Counter,
+    ) -> None:
+        super().__init__()
+        self.final_dir = f"{table_dir.rstrip('/')}/{partition_name('period', period_start)}"
+        self.temp_dir = temp_dir.rstrip("/")
+        self.schema = schema
+        self.file_stem = file_stem
+        self.rows_counter = rows_counter
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        return (
+            rows
+            | "KeyByPeriod" >> beam.WithKeys(self.final_dir)
+            | "GatherPeriod" >> beam.GroupByKey()
+            | "WriteFile"
+            >> beam.ParDo(
+                _WritePeriodRowsFn(
+                    self.final_dir, self.temp_dir, self.schema, self.file_stem, self.rows_counter
+                )
+            )
+        )
 
 
 class WriteFinalLedger(beam.PTransform):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import logging
 import random
 import uuid
@@ -27,17 +29,21 @@ from ingest.archiver.buckets import HOUR, HourBuckets
 from ledger.catalog import DEFAULT_CATALOG_DIR, Catalog
 from ledger.tables import FINAL_LEDGER_DIR, partition_name
 from ledger.views import open_ledger, run_sql
-from pipelines.batch import build
+from pipelines.batch import build, final_sinks
 from pipelines.batch import run as batch_run
 from pipelines.config import PipelineConfig
 from pipelines.streaming import build as build_streaming
 from pipelines.streaming import parquet_sinks
 from pipelines.transforms.archive_reads import ArchiveReads, ReadArchiveFiles, archive_files
 from pipelines.transforms.counting import PlayCounts
-from pipelines.transforms.exact_dedup import DEFAULT_CANDIDATE_BITS, DEFAULT_SHARDS, FirstCopiesInPeriod
+from pipelines.transforms.exact_dedup import (
+    DEFAULT_CANDIDATE_BITS,
+    DEFAULT_SHARDS,
+    FirstCopiesInPeriod,
+    FirstCopiesOutput,
+)
 from pipelines.transforms.metrics import counters
 from pipelines.transforms.periods import Period
-from pipelines.transforms.sinks import WriteFinalLedger
 
 PERIOD_SECONDS = 60
 BASE = int(EPOCH.timestamp())
@@ -76,7 +82,7 @@ def recompute(
     build(
         pipeline,
         ReadArchiveFiles(files, received_before=period.end if skip_later_row_groups else None),
-        WriteFinalLedger(str(data_dir / FINAL_LEDGER_DIR), str(data_dir / ".tmp" / "final")),
+        final_sinks(str(data_dir), period),
         config,
         period,
     )
@@ -239,6 +245,11 @@ def first_copy_counts(copies: list[dict[str, Any]], period: Period, min_stream_m
     return counts
 
 
+def in_period_of(copy: dict[str, Any], period: Period) -> bool:
+    """Whether a copy was received in ``period``."""
+    return bool(period.start <= copy["received_at"] < period.end)
+
+
 def later_copies_in_period(copies: list[dict[str, Any]], period: Period) -> tuple[int, int]:
     """The contract's duplicates and conflicts of ``period``: later copies received in it.
 
@@ -294,13 +305,33 @@ def test_first_copies_are_exact_however_many_rows_are_candidates(shards: int, ca
         | "Ids" >> beam.Create([table.select(["event_id"]) for table in tables]),
         ArchiveReads.ROWS: pipeline | "Rows" >> beam.Create(tables),
     }
-    counts = archive | FirstCopiesInPeriod(period, 30_000, shards=shards, candidate_bits=candidate_bits)
-    assert_that(counts, equal_to([expected]))
+    outputs = archive | FirstCopiesInPeriod(period, 30_000, shards=shards, candidate_bits=candidate_bits)
+    assert_that(outputs[FirstCopiesOutput.COUNTS], equal_to([expected]))
+    duplicates, conflicts = later_copies_in_period(copies, period)
+    # Each conflicting copy of the period is a dead letter, as the streaming pipeline records it.
+    assert_that(
+        outputs[FirstCopiesOutput.DEAD_LETTERS] | beam.Map(lambda row: (row["stage"], row["reason"])),
+        equal_to(
+            [("dedup", "conflicting duplicate: same event_id as an earlier copy, different content")]
+            * conflicts
+        ),
+        label="ConflictsAreDeadLetters",
+    )
+    assert_that(
+        outputs[FirstCopiesOutput.COUNTED] | beam.CombinePerKey(sum),
+        equal_to(
+            [
+                ("events_decoded", sum(1 for copy in copies if in_period_of(copy, period))),
+                ("events_unique", sum(plays for plays, _ in expected.values())),
+                ("events_duplicate", duplicates),
+            ]
+        ),
+        label="CountedBalances",
+    )
     result = pipeline.run()
     result.wait_until_finish()
     totals = totals_of(result)
     assert totals["events_unique"] == sum(plays for plays, _ in expected.values())
-    duplicates, conflicts = later_copies_in_period(copies, period)
     assert 0 < conflicts < duplicates < len(retries)  # copies outside the period are not this period's
     assert (totals["events_duplicate"], totals.get("events_conflict", 0)) == (duplicates, conflicts)
     # Only ids seen more than once (and those sharing a bitmap bit with one) are shuffled.
@@ -316,16 +347,46 @@ def test_first_copies_are_exact_however_many_rows_are_candidates(shards: int, ca
     "bad_id",
     ["not-a-uuid", "0b0d8d38-4c3e-4b8a-9a86-5f3f1c4e2a1g"],  # the second has a UUID's length, seen once
 )
-def test_an_id_that_is_no_uuid_fails_the_recompute(bad_id: str) -> None:
-    rows = pa.Table.from_pylist(archive_rows([play(), play(event_id=bad_id)]))
+def test_an_id_that_is_no_uuid_is_a_dead_letter_and_the_rest_of_the_period_counts(bad_id: str) -> None:
+    good = play()
+    bad = play(event_id=bad_id)
+    rows = pa.Table.from_pylist(archive_rows([good, bad]))
+    period = Period(EPOCH, EPOCH + dt.timedelta(seconds=PERIOD_SECONDS))
     pipeline = beam.Pipeline(options=PipelineOptions(runner="FnApiRunner"))
     archive = {
         ArchiveReads.EVENT_IDS: pipeline | "Ids" >> beam.Create([rows.select(["event_id"])]),
         ArchiveReads.ROWS: pipeline | "Rows" >> beam.Create([rows]),
     }
-    _ = archive | FirstCopiesInPeriod(Period(EPOCH, EPOCH + dt.timedelta(seconds=PERIOD_SECONDS)), 30_000)
-    with pytest.raises(Exception, match="event ids must be canonical UUIDs"):
-        pipeline.run().wait_until_finish()
+    outputs = archive | FirstCopiesInPeriod(period, 30_000)
+    assert_that(outputs[FirstCopiesOutput.COUNTS], equal_to([first_copy_counts([good], period, 30_000)]))
+    assert_that(
+        outputs[FirstCopiesOutput.DEAD_LETTERS]
+        | beam.Map(
+            lambda row: (row["stage"], row["reason"], row["event_id"], json.loads(row["attributes_json"]))
+        ),
+        equal_to(
+            [
+                (
+                    "validate",
+                    f"event_id: must be a canonical UUID (8-4-4-4-12 hex digits), got {bad_id!r}",
+                    bad_id,
+                    {"message_id": "m00001"},
+                )
+            ]
+        ),
+        label="DeadLetter",
+    )
+    # The payload is the archived row itself, to inspect or repair.
+    assert_that(
+        outputs[FirstCopiesOutput.DEAD_LETTERS]
+        | beam.Map(lambda row: json.loads(base64.b64decode(row["payload_base64"]))["track_id"]),
+        equal_to([bad["track_id"]]),
+        label="Payload",
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    totals = totals_of(result)
+    assert (totals["events_unique"], totals["events_invalid"]) == (1, 1)
 
 
 def test_first_copies_refuses_bad_settings() -> None:

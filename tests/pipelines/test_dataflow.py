@@ -80,13 +80,19 @@ def test_the_batch_job_translates_for_dataflow(caplog: pytest.LogCaptureFixture)
     batch.build(
         pipeline,
         batch.ReadArchiveFiles([f"{BUCKET}/data/archive/hour=20261128T000000Z/part-0.parquet"]),
-        batch.WriteFinalLedger(f"{BUCKET}/data/ledger_final", f"{BUCKET}/data/.tmp/ledger_final"),
+        batch.final_sinks(f"{BUCKET}/data", period),
         config,
         period,
     )
-    assert {"ReadArchive", "FirstCopiesInPeriod", "AttributeCounts", "WriteFinalLedger"} <= step_names(
-        pipeline
-    )
+    assert {
+        "ReadArchive",
+        "FirstCopiesInPeriod",
+        "AttributeCounts",
+        "WriteFinalLedger",
+        "WriteDeadLetters",
+        "CountBranches",
+        "WriteCounters",
+    } <= step_names(pipeline)
     assert beam_warnings(caplog) == []
     assert pipeline.run().state == PipelineState.DONE
 

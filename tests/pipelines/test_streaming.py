@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -269,7 +268,7 @@ def test_dedup_state_expires_after_the_horizon(tiny_catalog: Path) -> None:
         .add_elements([at(3600 + 300, message(beyond))])
         .advance_watermark_to_infinity()
     )
-    one_hour = replace(config(tiny_catalog), dedup_horizon_hours=1)
+    one_hour = config(tiny_catalog).replace(dedup_horizon_hours=1)
     with streaming_pipeline() as p:
         outputs = build(p, stream, Sinks.unwritten(), one_hour)
         assert_that(
@@ -384,7 +383,7 @@ def test_dedup_remembers_across_many_batches_and_both_letter_cases(tiny_catalog:
             messages.append(at(second, message(*plays)))
         stream = stream.add_elements(messages)
     stream = stream.advance_watermark_to_infinity()
-    one_shard = replace(config(tiny_catalog), dedup_shards=1)
+    one_shard = config(tiny_catalog).replace(dedup_shards=1)
     with streaming_pipeline() as p:
         outputs = build(p, stream, Sinks.unwritten(), one_shard)
         assert_that(
