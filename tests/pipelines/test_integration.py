@@ -9,6 +9,8 @@ from ``reference_royalties``, which shares no code with ``ledger/``.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 import urllib.request
@@ -21,17 +23,17 @@ import apache_beam as beam
 import pytest
 from apache_beam.io.gcp.pubsub import ReadFromPubSub
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.runners.runner import PipelineResult
 from served_gateway import RunningGateway
 
 from ingest.gateway.app import EventPublisher, GatewaySettings, create_app
 from ledger.catalog import DEFAULT_CATALOG_DIR
+from ledger.counters import PIPELINE_COUNTERS_FILE, load_counters
 from ledger.views import open_ledger, run_sql
 from pipelines.config import PipelineConfig
 from pipelines.direct_runner import mend_direct_runner
 from pipelines.local.reference_royalties import UNMATCHED, Balance, ReferenceCatalog, expected_balances
 from pipelines.streaming import build, parquet_sinks
-from pipelines.supervisor import Heartbeat
+from pipelines.supervisor import SupervisorSettings, supervise, unwritten
 from pipelines.transforms.metrics import counters
 from schemas.topology import PubSubNames
 
@@ -53,21 +55,6 @@ def post(port: int, events: list[dict[str, Any]]) -> dict[str, Any]:
         assert response.status == 200
         reply: dict[str, Any] = json.load(response)
         return reply
-
-
-class PipelineWatch(threading.Thread):
-    """Waits on the pipeline: the direct runner leaves a failed pipeline RUNNING."""
-
-    def __init__(self, result: PipelineResult) -> None:
-        super().__init__(name="pipeline-watch", daemon=True)
-        self.result = result
-        self.failure: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            self.result.wait_until_finish()
-        except BaseException as error:
-            self.failure = error
 
 
 def event(
@@ -146,48 +133,69 @@ def test_plays_posted_over_http_land_in_the_ledger_exactly(
         parquet_sinks(str(tmp_path)),
         PipelineConfig(period_seconds=3600, early_firing_seconds=1, catalog_dir=DEFAULT_CATALOG_DIR),
     )
-    heartbeats = Heartbeat(pubsub_names.topic, HEARTBEAT_SECONDS)
-    heartbeats.start()
     result = pipeline.run()
-    watch = PipelineWatch(result)
-    watch.start()
     deadline = time.monotonic() + DEADLINE_SECONDS
+    supervised = threading.Event()  # set once supervise() returned: the pipeline stopped
+    failures: list[BaseException] = []
 
     def wait_for_ledger(decoded: int, balances: dict[str, Balance]) -> dict[str, int]:
         """Poll until ``decoded`` events were read and the ledger holds every part of ``balances``."""
         parts = sum(balance.plays for balance in balances.values())
         totals: dict[str, int] = {}
-        while time.monotonic() < deadline and watch.failure is None:
+        while time.monotonic() < deadline and not supervised.is_set():
             totals = counters(result)
             if totals.get("events_decoded") == decoded and ledger_parts(tmp_path) >= parts:
                 return totals
-            watch.join(timeout=0.5)
-        assert watch.failure is None, f"pipeline failed: {watch.failure!r}"
-        pytest.fail(f"the ledger did not get {parts} parts in time; counters: {totals}")
+            time.sleep(0.5)
+        pytest.fail(f"the ledger did not get {parts} parts in time (or the pipeline stopped); {totals}")
 
-    try:
-        reply = post(gateway.port, first_batch)
-        assert (reply["accepted"], reply["rejected"]) == (len(first_batch), []), reply
-        wait_for_ledger(len(first_batch), expected_first)
-        assert ledger_balances(tmp_path) == expected_first
+    def send_check_and_stop() -> None:
+        """Drive the running pipeline, then stop it as an operator does: SIGTERM."""
+        try:
+            reply = post(gateway.port, first_batch)
+            assert (reply["accepted"], reply["rejected"]) == (len(first_batch), []), reply
+            wait_for_ledger(len(first_batch), expected_first)
+            assert ledger_balances(tmp_path) == expected_first
 
-        # The retry arrives once its first copy is already in the ledger, in a later pane.
-        reply = post(gateway.port, second_batch)
-        assert (reply["accepted"], reply["rejected"]) == (len(second_batch), []), reply
-        totals = wait_for_ledger(len(first_batch) + len(second_batch), expected)
-        assert ledger_balances(tmp_path) == expected
+            # The retry arrives once its first copy is already in the ledger, in a later pane.
+            reply = post(gateway.port, second_batch)
+            assert (reply["accepted"], reply["rejected"]) == (len(second_batch), []), reply
+            totals = wait_for_ledger(len(first_batch) + len(second_batch), expected)
+            assert ledger_balances(tmp_path) == expected
 
-        assert totals["events_duplicate"] == 1
-        assert totals["events_unique"] == totals["plays"] == unique_plays
-        assert totals["streams"] == unique_plays - 1
-        assert totals["plays_unmatched"] == 1
-        connection = open_ledger(tmp_path)
-        assert run_sql(connection, "SELECT count(*) FROM dead_letters").rows == [(0,)]
-        assert run_sql(connection, "SELECT DISTINCT currency FROM ledger").rows == [(catalog.currency,)]
-        files = list((tmp_path / "ledger").glob("period=*/*.parquet"))
-        assert len(files) >= 2, "each pane appends its own files to the hive-partitioned ledger"
-    finally:
-        # Cancel while heartbeats still flow: an idle pull would hold the cancel for up to 30 s.
-        result.cancel()
-        heartbeats.stopped.set()
-        heartbeats.join(timeout=15)
+            assert totals["events_duplicate"] == 1
+            assert totals["events_unique"] == totals["plays"] == unique_plays
+            assert totals["streams"] == unique_plays - 1
+            assert totals["plays_unmatched"] == 1
+            connection = open_ledger(tmp_path)
+            assert run_sql(connection, "SELECT count(*) FROM dead_letters").rows == [(0,)]
+            assert run_sql(connection, "SELECT DISTINCT currency FROM ledger").rows == [(catalog.currency,)]
+            files = list((tmp_path / "ledger").glob("period=*/*.parquet"))
+            assert len(files) >= 2, "each pane appends its own files to the hive-partitioned ledger"
+        except BaseException as error:
+            failures.append(error)
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    driver = threading.Thread(target=send_check_and_stop, name="driver", daemon=True)
+    driver.start()
+    # The pipeline's own supervision, as `playledger pipeline stream` runs it: heartbeats,
+    # counters saved, and on SIGTERM a drain of everything read, then a cancel.
+    code = supervise(
+        result,
+        SupervisorSettings(
+            topic=pubsub_names.topic,
+            heartbeat_seconds=HEARTBEAT_SECONDS,
+            drain_timeout_seconds=30,
+            early_firing_seconds=1,
+            counters_path=tmp_path / PIPELINE_COUNTERS_FILE,
+        ),
+    )
+    supervised.set()
+    driver.join(timeout=DEADLINE_SECONDS)
+    if failures:
+        raise failures[0]
+    assert code == 0, "the drain found plays read but not written"
+    saved = load_counters(tmp_path / PIPELINE_COUNTERS_FILE)
+    assert (saved["events_unique"], saved["events_duplicate"]) == (unique_plays, 1)
+    assert unwritten(saved) == (0, 0)
