@@ -53,3 +53,22 @@ def tiny_catalog(tmp_path: Path) -> Path:
         "territory,product,rate_micros,currency\nSE,premium,1000,USD\n*,premium,500,USD\n*,free,100,USD\n"
     )
     return directory
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Beam canaries reported apart: they test Beam, not us (tests/pipelines/test_beam_canaries.py)."""
+    outcomes = {"passed": 0, "failed": 0}
+    for outcome in outcomes:
+        for report in terminalreporter.stats.get(outcome, []):
+            if report.when == "call" and "beam_canary" in report.keywords:
+                outcomes[outcome] += 1
+    if sum(outcomes.values()):
+        terminalreporter.write_line(
+            f"Beam canaries (Beam's behaviour, not ours): {outcomes['passed']} passed, "
+            f"{outcomes['failed']} failed"
+            + (
+                "; Beam changed: re-check pipelines/direct_runner.py and pipelines/options.py"
+                if outcomes["failed"]
+                else ""
+            )
+        )
