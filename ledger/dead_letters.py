@@ -14,6 +14,8 @@ import json
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from schemas.codec import ATTR_BATCH_ID
 
 __all__ = ["DeadLetterStage", "dead_letter", "event_json"]
@@ -32,15 +34,13 @@ class DeadLetterStage(StrEnum):
     """A message the archiver could not store as rows."""
 
 
-def _json_default(value: object) -> str:
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
 def event_json(event: dict[str, Any]) -> bytes:
-    """A decoded event as canonical JSON (sorted keys, ISO times): a dead letter's payload."""
-    return json.dumps(event, default=_json_default, sort_keys=True).encode()
+    """A decoded event as canonical JSON (sorted keys, ISO 8601 times, no spaces): a dead letter's payload.
+
+    orjson, not ``json``: a recompute may dead-letter every conflicting copy of a period,
+    and ``json`` with a ``default`` hook costs ten times as much a row.
+    """
+    return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
 
 
 def dead_letter(

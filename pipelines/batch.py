@@ -71,7 +71,7 @@ from pipelines.config import PipelineConfig
 from pipelines.options import BatchOptions, RoyaltyOptions, options_help, refuse_unknown_flags
 from pipelines.transforms.archive_reads import ReadArchiveFiles, archive_files, open_hours, period_hours
 from pipelines.transforms.attribution import AttributeCounts
-from pipelines.transforms.branches import CountBranches, CountRows, as_is, count_dead_letter
+from pipelines.transforms.branches import CountBranches, CountRows, as_is, count_dead_letter_table
 from pipelines.transforms.exact_dedup import FirstCopiesInPeriod, FirstCopiesOutput
 from pipelines.transforms.metrics import counters
 from pipelines.transforms.periods import Period
@@ -163,7 +163,7 @@ class RecomputeOutputs:
     """The named outputs of ``build``, for tests to assert on."""
 
     ledger_rows: beam.PCollection  # Arrow tables of final ledger rows (LEDGER_SCHEMA)
-    dead_letters: beam.PCollection  # dead-letter rows (DEAD_LETTER_SCHEMA)
+    dead_letters: beam.PCollection  # Arrow tables of dead-letter rows (DEAD_LETTER_SCHEMA)
     counters: beam.PCollection  # counter rows (COUNTERS_SCHEMA), one pane for the period
 
 
@@ -212,7 +212,7 @@ def build(
     } | "CountBranches" >> CountBranches.of_batch(
         {
             "counted": as_is,
-            "dead_letters": count_dead_letter,
+            "dead_letters": count_dead_letter_table,
             "written": CountRows(CounterName.LEDGER_FINAL_ROWS_WRITTEN),
         },
         config.period_seconds,

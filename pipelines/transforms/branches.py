@@ -9,6 +9,7 @@ from typing import Any
 
 import apache_beam as beam
 import pyarrow as pa
+import pyarrow.compute as pc
 from apache_beam.transforms.window import FixedWindows
 from apache_beam.utils.timestamp import Duration
 
@@ -145,3 +146,11 @@ DEAD_LETTER_COUNTERS = {
 def count_dead_letter(row: dict[str, Any]) -> list[tuple[str, int]]:
     """A branch function: one dead letter → one, under its stage's counter."""
     return [(str(DEAD_LETTER_COUNTERS[DeadLetterStage(row["stage"])]), 1)]
+
+
+def count_dead_letter_table(rows: pa.Table) -> list[tuple[str, int]]:
+    """A branch function: a table of dead letters → each under its stage's counter."""
+    return [
+        (str(DEAD_LETTER_COUNTERS[DeadLetterStage(stage["values"])]), stage["counts"])
+        for stage in pc.value_counts(rows["stage"]).to_pylist()
+    ]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import uuid
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
@@ -9,12 +11,14 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from apache_beam import pvalue
 
 from ledger.counters import Counter
-from ledger.dead_letters import DeadLetterStage, dead_letter, event_json
+from ledger.dead_letters import DeadLetterStage
+from ledger.tables import DEAD_LETTER_SCHEMA
 from pipelines.transforms.archive_reads import ARCHIVE_COLUMNS, ArchiveReads
 from pipelines.transforms.counting import SumCountTables, count_play_table, play_counts_of
 from pipelines.transforms.metrics import beam_counter
@@ -60,7 +64,7 @@ class FirstCopiesOutput(StrEnum):
     COUNTS = "counts"
     """One ``PlayCounts``: plays and streams per (track, territory, product) of the first copies."""
     DEAD_LETTERS = "dead_letters"
-    """Dead-letter rows (``DEAD_LETTER_SCHEMA``) of the period: archived rows whose id is no
+    """Tables of dead-letter rows (``DEAD_LETTER_SCHEMA``) of the period: archived rows whose id is no
     canonical UUID (stage ``validate``), and conflicting later copies (stage ``dedup``), as
     the streaming pipeline records them."""
     COUNTED = "counted"
@@ -275,18 +279,15 @@ class _SplitCandidatesFn(beam.DoFn):
             )
 
     def _dead_letters(self, malformed: pa.Table) -> Iterator[pvalue.TaggedOutput]:
-        """Rows whose id is no canonical UUID → dead letters, those received in the period."""
-        self.invalid.inc(int(np.count_nonzero(in_period(malformed["received_at"], self.period))))
-        for row in malformed.filter(pa.array(in_period(malformed["received_at"], self.period))).to_pylist():
+        """Rows whose id is no canonical UUID → one table of dead letters, of those received in the period."""
+        rows = malformed.filter(pa.array(in_period(malformed["received_at"], self.period)))
+        self.invalid.inc(rows.num_rows)
+        if rows.num_rows:
+            ids = rows["event_id"].to_pylist()
+            reasons = [f"{_NOT_A_UUID}, got {event_id!r}" for event_id in ids]
             yield pvalue.TaggedOutput(
                 _SplitOutput.DEAD_LETTERS.value,
-                dead_letter(
-                    DeadLetterStage.VALIDATE,
-                    f"{_NOT_A_UUID}, got {row['event_id']!r}",
-                    event_json(row),
-                    {"message_id": row["message_id"]},
-                    row["event_id"],
-                ),
+                _dead_letter_table(DeadLetterStage.VALIDATE, reasons, ids, rows),
             )
 
 
@@ -362,22 +363,62 @@ class _CountFirstCopiesFn(beam.DoFn):
         conflicting = later_in_period & differs
         self.conflicts.inc(int(np.count_nonzero(conflicting)))
         if conflicting.any():
-            for row in later_copies.filter(pa.array(conflicting)).to_pylist():
-                # Counted once (the first copy), and the disagreement kept for a human.
-                event_id = str(uuid.UUID(bytes=row.pop(_KEY_COLUMN)))
-                outputs.append(
-                    pvalue.TaggedOutput(
-                        _SplitOutput.DEAD_LETTERS.value,
-                        dead_letter(
-                            DeadLetterStage.DEDUP,
-                            _CONFLICT,
-                            event_json({"event_id": event_id, **row}),
-                            {"message_id": row["message_id"]},
-                            event_id,
-                        ),
-                    )
+            # Counted once (the first copy), and each disagreement kept for a human.
+            outputs.append(
+                pvalue.TaggedOutput(
+                    _SplitOutput.DEAD_LETTERS.value,
+                    _conflicts(later_copies.filter(pa.array(conflicting))),
                 )
+            )
         return outputs
+
+
+def _conflicts(copies: pa.Table) -> pa.Table:
+    """Conflicting later copies as shuffled (ids as 16 bytes) → their dead letters, as the stream has them."""
+    ids = [str(uuid.UUID(bytes=key)) for key in copies[_KEY_COLUMN].to_pylist()]
+    rows = copies.drop_columns([_KEY_COLUMN]).add_column(0, "event_id", pa.array(ids, pa.string()))
+    return _dead_letter_table(DeadLetterStage.DEDUP, [_CONFLICT] * len(ids), ids, rows)
+
+
+def _dead_letter_table(
+    stage: DeadLetterStage, reasons: list[str], event_ids: list[str], rows: pa.Table
+) -> pa.Table:
+    """Dead letters of ``rows`` (archived rows: each its payload, as canonical JSON), one table.
+
+    Built a column at a time, not a ``dead_letter`` dict a row: a recompute dead-letters
+    every conflicting copy of its period, and Python objects per row cost it most of that.
+    Times are ISO 8601 in UTC, as ``event_json`` writes them.
+    """
+    columns = []
+    for name in rows.column_names:
+        column = rows[name]
+        if pa.types.is_timestamp(column.type):
+            # Arrow writes a microsecond timestamp's seconds with six decimals.
+            column = pc.binary_join_element_wise(
+                pc.strftime(column, format="%Y-%m-%dT%H:%M:%S"), "+00:00", ""
+            )
+        columns.append(column.to_pylist())
+    names = rows.column_names
+    payloads = [
+        base64.b64encode(orjson.dumps(dict(zip(names, values, strict=True)), option=orjson.OPT_SORT_KEYS))
+        for values in zip(*columns, strict=True)
+    ]
+    message_ids = rows["message_id"].to_pylist()
+    count = rows.num_rows
+    return pa.table(
+        {
+            "dead_at": pa.array([dt.datetime.now(dt.UTC)] * count, DEAD_LETTER_SCHEMA.field("dead_at").type),
+            "stage": pa.array([str(stage)] * count, pa.string()),
+            "reason": pa.array(reasons, pa.string()),
+            "event_id": pa.array(event_ids, pa.string()),
+            "batch_id": pa.nulls(count, pa.string()),
+            "payload_base64": pa.array(payloads, pa.binary()).cast(pa.string()),
+            "attributes_json": pa.array(
+                [orjson.dumps({"message_id": message_id}).decode() for message_id in message_ids], pa.string()
+            ),
+        },
+        schema=DEAD_LETTER_SCHEMA,
+    )
 
 
 class FirstCopiesInPeriod(beam.PTransform):

@@ -266,20 +266,25 @@ class _WritePeriodRowsFn(beam.DoFn):
         self.file_stem = file_stem
         self.rows = beam_counter(rows_counter)
 
-    def process(self, keyed_rows: tuple[str, Iterable[dict[str, Any]]]) -> Iterator[str]:
-        rows = sorted(keyed_rows[1], key=_row_order)
+    def process(self, keyed_rows: tuple[str, Iterable[dict[str, Any] | pa.Table]]) -> Iterator[str]:
+        dicts: list[dict[str, Any]] = []
+        tables: list[pa.Table] = []
+        for element in keyed_rows[1]:
+            if isinstance(element, pa.Table):
+                tables.append(element.cast(self.schema))
+            else:
+                dicts.append(element)
+        rows = pa.concat_tables([pa.Table.from_pylist(dicts, schema=self.schema), *tables])
+        # A stable order, so a recompute of unchanged input writes the same rows in the same order.
+        order = [name for name in ("counter", "stage", "event_id", "reason") if name in self.schema.names]
+        rows = rows.sort_by([(name, "ascending") for name in order])
         path = write_parquet_atomically(rows, self.schema, self.final_dir, self.temp_dir, self.file_stem)
-        self.rows.inc(len(rows))
+        self.rows.inc(rows.num_rows)
         yield path
 
 
-def _row_order(row: dict[str, Any]) -> tuple[str, ...]:
-    # A stable order, so a recompute of unchanged input writes the same rows in the same order.
-    return tuple(str(row.get(name)) for name in ("counter", "stage", "event_id", "reason"))
-
-
 class WritePeriodRows(beam.PTransform):
-    """One period's rows (dicts of ``schema``) → ``<table_dir>/period=<start>/<file_stem>.parquet``.
+    """A period's rows (dicts or tables of ``schema``) → ``<table_dir>/period=<start>/<file_stem>.parquet``.
 
     For the tables a recompute writes beside its final ledger (its dead letters and
     counters): the file is replaced whole by a recompute of the period, never appended to. A run that writes

@@ -310,7 +310,9 @@ def test_first_copies_are_exact_however_many_rows_are_candidates(shards: int, ca
     duplicates, conflicts = later_copies_in_period(copies, period)
     # Each conflicting copy of the period is a dead letter, as the streaming pipeline records it.
     assert_that(
-        outputs[FirstCopiesOutput.DEAD_LETTERS] | beam.Map(lambda row: (row["stage"], row["reason"])),
+        outputs[FirstCopiesOutput.DEAD_LETTERS]
+        | "Rows1" >> beam.FlatMap(pa.Table.to_pylist)
+        | beam.Map(lambda row: (row["stage"], row["reason"])),
         equal_to(
             [("dedup", "conflicting duplicate: same event_id as an earlier copy, different content")]
             * conflicts
@@ -361,6 +363,7 @@ def test_an_id_that_is_no_uuid_is_a_dead_letter_and_the_rest_of_the_period_count
     assert_that(outputs[FirstCopiesOutput.COUNTS], equal_to([first_copy_counts([good], period, 30_000)]))
     assert_that(
         outputs[FirstCopiesOutput.DEAD_LETTERS]
+        | "Rows2" >> beam.FlatMap(pa.Table.to_pylist)
         | beam.Map(
             lambda row: (row["stage"], row["reason"], row["event_id"], json.loads(row["attributes_json"]))
         ),
@@ -379,6 +382,7 @@ def test_an_id_that_is_no_uuid_is_a_dead_letter_and_the_rest_of_the_period_count
     # The payload is the archived row itself, to inspect or repair.
     assert_that(
         outputs[FirstCopiesOutput.DEAD_LETTERS]
+        | "Rows3" >> beam.FlatMap(pa.Table.to_pylist)
         | beam.Map(lambda row: json.loads(base64.b64decode(row["payload_base64"]))["track_id"]),
         equal_to([bad["track_id"]]),
         label="Payload",
