@@ -76,7 +76,7 @@ from pipelines.transforms.exact_dedup import FirstCopiesInPeriod, FirstCopiesOut
 from pipelines.transforms.metrics import counters
 from pipelines.transforms.periods import Period
 from pipelines.transforms.sinks import (
-    Unwritten,
+    RequiredSinks,
     WriteFinalLedger,
     WritePeriodRows,
     write_empty_final_period,
@@ -110,25 +110,12 @@ def batch_shards(config: PipelineConfig) -> int:
 
 
 @dataclass(frozen=True)
-class FinalSinks:
+class FinalSinks(RequiredSinks):
     """Where a recompute's tables go: every output has a sink, or the build fails (as ``streaming.Sinks``)."""
 
     ledger: beam.PTransform
     dead_letters: beam.PTransform
     counters: beam.PTransform
-
-    def __post_init__(self) -> None:
-        missing = [name for name in ("ledger", "dead_letters", "counters") if getattr(self, name) is None]
-        if missing:
-            raise ValueError(
-                f"no sink for {', '.join(missing)}: every output must be written "
-                "(Unwritten() leaves one to the caller, e.g. a test that asserts on it)"
-            )
-
-    @classmethod
-    def unwritten(cls) -> FinalSinks:
-        """Every table left in the pipeline for the caller to assert on (tests)."""
-        return cls(ledger=Unwritten(), dead_letters=Unwritten(), counters=Unwritten())
 
 
 def final_sinks(data_dir: str, period: Period) -> FinalSinks:

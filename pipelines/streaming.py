@@ -48,7 +48,7 @@ from pipelines.transforms.attribution import AggregateLedger
 from pipelines.transforms.branches import CountBranches, CountRows, as_is, count_dead_letter
 from pipelines.transforms.decode import DecodeOutput, DecodePlayMessages
 from pipelines.transforms.dedup import DedupByEventId, DedupOutput
-from pipelines.transforms.sinks import PaneCounters, Unwritten, WritePaneFiles
+from pipelines.transforms.sinks import PaneCounters, RequiredSinks, WritePaneFiles
 from pipelines.transforms.windows import append_window
 
 __all__ = [
@@ -64,7 +64,7 @@ LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Sinks:
+class Sinks(RequiredSinks):
     """Where the pipeline's tables go: every output has a sink, or the build fails.
 
     Like Beam's ``ErrorHandler``, which refuses a pipeline whose error output nobody
@@ -75,19 +75,6 @@ class Sinks:
     ledger: beam.PTransform
     dead_letters: beam.PTransform
     counters: beam.PTransform
-
-    def __post_init__(self) -> None:
-        missing = [name for name in ("ledger", "dead_letters", "counters") if getattr(self, name) is None]
-        if missing:
-            raise ValueError(
-                f"no sink for {', '.join(missing)}: every output must be written "
-                "(Unwritten() leaves one to the caller, e.g. a test that asserts on it)"
-            )
-
-    @classmethod
-    def unwritten(cls) -> Sinks:
-        """Every table left in the pipeline for the caller to assert on (tests)."""
-        return cls(ledger=Unwritten(), dead_letters=Unwritten(), counters=Unwritten())
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,14 @@ pipeline fails loudly, and a reader never sees half a file.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import apache_beam as beam
 import pyarrow as pa
@@ -32,6 +33,7 @@ from pipelines.transforms.play_batches import ArrowTableCoder
 
 __all__ = [
     "PaneCounters",
+    "RequiredSinks",
     "Unwritten",
     "WriteFinalLedger",
     "WritePaneFiles",
@@ -84,6 +86,28 @@ class Unwritten(beam.PTransform):
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
         return rows
+
+
+class RequiredSinks:
+    """Base of a pipeline's sinks (a frozen dataclass of ``beam.PTransform`` fields): every output has one.
+
+    Like Beam's ``ErrorHandler``, which refuses a pipeline whose error output nobody
+    consumes: a pipeline without a dead-letter sink would drop dead letters silently. A
+    test that asserts on an output itself says so with ``Unwritten()`` (``unwritten()``).
+    """
+
+    def __post_init__(self) -> None:
+        missing = [field.name for field in dataclasses.fields(self) if getattr(self, field.name) is None]  # type: ignore[arg-type]
+        if missing:
+            raise ValueError(
+                f"no sink for {', '.join(missing)}: every output must be written "
+                "(Unwritten() leaves one to the caller, e.g. a test that asserts on it)"
+            )
+
+    @classmethod
+    def unwritten(cls) -> Self:
+        """Every table left in the pipeline for the caller to assert on (tests)."""
+        return cls(**{field.name: Unwritten() for field in dataclasses.fields(cls)})  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

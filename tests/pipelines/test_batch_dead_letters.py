@@ -9,12 +9,15 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from sample_plays import EPOCH, play
 
 from ledger.catalog import DEFAULT_CATALOG_DIR, Catalog
 from ledger.tables import ARCHIVE_DIR, floor_hour, partition_name
 from ledger.views import open_ledger, run_sql
+from pipelines.batch import FinalSinks
 from pipelines.local.cli import main
+from pipelines.transforms.sinks import Unwritten
 
 ARGV = ["--period", EPOCH.isoformat(), "--period-seconds", "3600"]
 BAD_ID = "0b0d8d38-4c3e-4b8a-9a86-5f3f1c4e2a1g"  # a UUID's length, one letter no hex digit
@@ -81,3 +84,9 @@ def test_a_damaged_row_is_a_dead_letter_and_the_counters_view_covers_the_recompu
         open_ledger(tmp_path),
         "SELECT sum(value) FROM counters WHERE source = 'FINAL' AND counter = 'events_invalid'",
     ).rows == [(None,)]
+
+
+def test_a_recompute_without_a_dead_letter_sink_is_refused() -> None:
+    with pytest.raises(ValueError, match="no sink for dead_letters"):
+        FinalSinks(ledger=Unwritten(), dead_letters=None, counters=Unwritten())  # type: ignore[arg-type]
+    assert all(isinstance(sink, Unwritten) for sink in vars(FinalSinks.unwritten()).values())
