@@ -4,7 +4,8 @@ Starts the local stack in a temporary data directory, sends a few thousand gener
 plays through the HTTP gateway (with resent duplicates, plays under 30 s, unknown
 tracks and malformed events among them), waits until the ledger holds every accepted
 play, prints the balance of every rights holder next to what the plays sent should
-earn, and a one-line summary.
+earn, and a one-line summary; then closes the archive's hours, recomputes every period
+and ends with the reconcile verdict of its own run.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ledger.counters import PIPELINE_COUNTERS_FILE, load_counters
 from ledger.views import open_ledger, run_sql
 from pipelines.config import PipelineConfig
 from pipelines.local.reference_royalties import ReferenceCatalog, expected_balances
+from pipelines.local.settle import Settled, settle
 from pipelines.local.stack import LocalStack, StackSettings
 
 __all__ = ["Traffic", "generate_traffic", "run_demo"]
@@ -181,6 +183,19 @@ def _money(micros: int) -> Decimal:
     return Decimal(micros).scaleb(-6)
 
 
+def _reconcile(console: Console, data_dir: Path) -> Settled:
+    """The auditor's check of the run: hours closed, every period recomputed and reconciled."""
+    with console.status("closing the archive's hours, recomputing and reconciling every period…"):
+        settled = settle(data_dir, report_name="demo")
+    colour = "green" if settled.status == "balanced" else "red"
+    periods = ", ".join(period.strftime("%Y-%m-%dT%H:%MZ") for period in settled.periods)
+    console.print(
+        f"[{colour}]reconcile: {settled.status}[/{colour}] ({len(settled.periods)} period(s): {periods}; "
+        f"receipts, archive, final ledger and money tied); report {settled.report_dir / 'report.html'}"
+    )
+    return settled
+
+
 def run_demo(
     events: int = 3000, seed: int = 7, keep_dir: Path | None = None, timeout_seconds: float = 90
 ) -> int:
@@ -272,8 +287,10 @@ def run_demo(
         f"{time.monotonic() - started:.1f} s in all; query it: playledger ledger sql --data-dir {data_dir} "
         f'"SELECT * FROM balances"[/dim]'
     )
+    settled = _reconcile(console, data_dir)
     ok = (
-        mismatches == 0
+        settled.status == "balanced"
+        and mismatches == 0
         and accepted == len(accepted_ids) + traffic.resent
         and len(rejected) == traffic.malformed
         and counters.get("events_duplicate", 0) == traffic.resent
@@ -283,7 +300,8 @@ def run_demo(
         console.print(
             f"[red]the ledger does not match what was sent: {mismatches} rights holder(s) differ, "
             f"duplicates dropped {counters.get('events_duplicate', 0)} of {traffic.resent} resent, "
-            f"stack stopped with status {stop_status}; logs in {data_dir / 'logs'}[/red]"
+            f"stack stopped with status {stop_status}, reconcile {settled.status} "
+            f"(report {settled.report_dir / 'report.html'}); logs in {data_dir / 'logs'}[/red]"
         )
         return 1
     console.print("[green]the ledger matches what was sent, to the micro-unit[/green]")
