@@ -66,7 +66,7 @@ from ledger.tables import (
     RECEIPT_SCHEMA,
 )
 
-__all__ = ["QueryResult", "ReadOnlyQueryError", "open_ledger", "run_sql"]
+__all__ = ["QueryResult", "ReadOnlyQueryError", "open_ledger", "run_sql", "view_names"]
 
 _READ_STATEMENTS = {duckdb.StatementType.SELECT}
 
@@ -227,6 +227,15 @@ def open_ledger(data_dir: Path | str) -> duckdb.DuckDBPyConnection:
     connection.execute("SET enable_external_access = false")
     connection.execute("SET lock_configuration = true")
     return connection
+
+
+def view_names(data_dir: Path | str) -> list[str]:
+    """The views ``open_ledger`` gives over ``data_dir`` (the finance and catalog views included)."""
+    rows = open_ledger(data_dir).execute(
+        "SELECT view_name FROM duckdb_views() WHERE NOT internal AND NOT starts_with(view_name, '_') "
+        "ORDER BY view_name"
+    )
+    return [row[0] for row in rows.fetchall()]
 
 
 class QueryResult:

@@ -385,7 +385,11 @@ def _parser() -> argparse.ArgumentParser:
     ledgers = ledger.add_subparsers(dest="ledger", required=True, metavar="ACTION")
     sql = ledgers.add_parser(
         "sql",
-        help="run read-only SQL over the views ledger, balances, dead_letters",
+        help=(
+            "run read-only SQL over the views: balances, plays, ledger, ledger_final, counters, "
+            "dead_letters, receipts, archive; closes, close_current; the catalog's tracks, "
+            "rights_holders, splits, rates (README: The ledger)"
+        ),
     )
     sql.add_argument("--data-dir", required=True, help="the data directory `playledger up` wrote; must exist")
     sql.add_argument(

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger.views import view_names
 from pipelines.local.cli import main
 
 
@@ -49,3 +50,11 @@ def test_a_query_of_a_missing_data_dir_fails(tmp_path: Path, caplog: pytest.LogC
 
 def test_a_query_of_an_empty_data_dir_still_answers(tmp_path: Path) -> None:
     assert main(["ledger", "sql", "--data-dir", str(tmp_path), "--format", "csv", "SELECT 1 AS one"]) == 0
+
+
+def test_ledger_sql_help_names_every_view(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["ledger", "--help"])
+    listed = " ".join(capsys.readouterr().out.split())
+    missing = [view for view in view_names(tmp_path) if view not in listed]
+    assert not missing, f"`playledger ledger sql` help does not name: {missing}"
